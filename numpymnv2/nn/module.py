@@ -72,6 +72,10 @@ class Module:
     def __setattr__(self, key, value):
         if "_parameters" not in self.__dict__:
             raise TypeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        if key in self._buffers and isinstance(value, np.ndarray):
+            self._buffers[key] = value          # e.g. `bn.num_batches_tracked += 1` stays a buffer
+            object.__setattr__(self, key, value)
+            return
         for registry in (self._parameters, self._modules, self._buffers):
             registry.pop(key, None)
         if isinstance(value, Parameter):
@@ -105,9 +109,8 @@ class Module:
     # -- calling ------------------------------------------------------------------------------------------
     def __call__(self, x, *args, **kwargs):
         depth = getattr(_call_depth, "value", 0)
-        if depth == 0:
-            # Only the outermost call pays for the full scan for NaN/inf; inner layers check shapes only.
-            self.check_input(x, finite=True)
+        # Only the outermost call pays for the full scan for NaN/inf; inner layers check shape and dtype only.
+        self.check_input(x, finite=depth == 0)
         _call_depth.value = depth + 1
         try:
             return self.forward(x, *args, **kwargs)

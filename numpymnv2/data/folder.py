@@ -1,0 +1,118 @@
+"""Images in a folder tree, one sub-folder per class, read with Pillow.
+
+Two layouts are understood::
+
+    root/<class>/<image>                 flat: the whole tree is the "train" split
+    root/train/<class>/<image>           split: "train" reads train/, "test" reads test/ (or val/ if there is
+    root/test/<class>/<image>            no test/), "val" reads val/ (or test/)
+    root/val/<class>/<image>
+
+A root with a sub-folder named ``train``, ``test`` or ``val`` has the split layout. Classes are the class
+sub-folder names sorted as Python sorts strings; in the split layout they come from ``train/`` (when it
+exists) for every split, so label k means the same class in train and test. Files are read in sorted order
+within each class. Every image is converted to RGB, so C is 3.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from numpymnv2.data.dataset import Dataset, check_split
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SPLIT_FOLDERS = ("train", "test", "val")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def _split_folder(root: Path, split: str) -> tuple[Path, Path]:
+    """The folder to read for ``split`` and the folder whose sub-folders define the classes."""
+    if not any((root / s).is_dir() for s in SPLIT_FOLDERS):
+        if split == "train":
+            return root, root
+        raise FileNotFoundError(f"folder: {root} has no test/ or val/ sub-folder, so the flat layout "
+                                f"root/<class>/ is read as the train split only; make a hold-out set with "
+                                f"Dataset.subset, or add {root / 'test'}/<class>/ folders")
+    order = {"train": ["train"], "test": ["test", "val"], "val": ["val", "test"]}[split]
+    folder = next((root / s for s in order if (root / s).is_dir()), None)
+    if folder is None:
+        raise FileNotFoundError(f"folder: no {' or '.join(s + '/' for s in order)} sub-folder in {root} "
+                                f"for split {split!r}")
+    classes_from = root / "train" if (root / "train").is_dir() else folder
+    return folder, classes_from
+
+
+def _as_size(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (size, size) if np.isscalar(size) else tuple(size)
+    if int(h) < 1 or int(w) < 1:
+        raise ValueError(f"folder: size must be positive (H, W), got {size!r}")
+    return int(h), int(w)
+
+
+def load_image_folder(root, split: str = "train", size=None,
+                      extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Dataset:
+    """Read every image of one split into memory, shape (N, H, W, 3).
+
+    Parameters
+    ----------
+    root : str or Path
+    split : {"train", "test", "val"}
+    size : int or (H, W), optional
+        Resize every image to this size with Pillow's bilinear filter (which averages over the source
+        footprint when shrinking). Without it every image must already have the size of the first one.
+    extensions : tuple of str
+        File endings to read, compared case-insensitively; other files are skipped.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` or the split's folder is missing, or no image was found.
+    ValueError
+        An image cannot be decoded, differs in size without ``size``, or a test class is not a train class.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    check_split(split, "load_dataset('folder')", allowed=SPLIT_FOLDERS)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder: {root} is not a folder; expected root/<class>/<image files>")
+    target = _as_size(size)
+    folder, classes_from = _split_folder(root, split)
+    classes = [p.name for p in _subfolders(classes_from)]
+    index = {name: k for k, name in enumerate(classes)}
+    extensions = tuple(e.lower() for e in extensions)
+
+    images, labels = [], []
+    first = None
+    for class_dir in _subfolders(folder):
+        if class_dir.name not in index:
+            raise ValueError(f"folder: class {class_dir.name!r} in {folder} is not among the "
+                             f"{len(classes)} classes of {classes_from}: {classes}")
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+        for path in files:
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    if target is not None and im.size != (target[1], target[0]):
+                        im = im.resize((target[1], target[0]), Image.BILINEAR)
+                    x = np.asarray(im, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ValueError(f"folder: cannot read image {path}: {exc}") from exc
+            if first is None:
+                first = (path, x.shape)
+            elif x.shape != first[1]:
+                raise ValueError(f"folder: {path} is {x.shape[1]}x{x.shape[0]} (W x H) but {first[0]} is "
+                                 f"{first[1][1]}x{first[1][0]}; expected all images the same size, or pass "
+                                 f"size=(H, W) to resize them")
+            images.append(x)
+            labels.append(index[class_dir.name])
+    if not images:
+        raise FileNotFoundError(f"folder: no image files ({', '.join(extensions)}) in the class sub-folders "
+                                f"of {folder}")
+    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, "folder")

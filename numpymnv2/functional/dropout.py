@@ -1,0 +1,49 @@
+"""Inverted dropout, applied before the classifier (p = 0.2 in MobileNetV2)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class DropoutCache(NamedTuple):
+    mask: np.ndarray | None   # scaled keep-mask, 0 or 1/(1-p); None when dropout was the identity
+
+
+def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Generator):
+    """Zero each element with probability ``p`` and scale the survivors by ``1 / (1 - p)``.
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+    p : float in [0, 1]
+    training : bool
+        In evaluation mode (or with ``p = 0``) dropout is the identity.
+    rng : numpy.random.Generator
+        The source of the mask; the same generator state gives the same mask.
+
+    Returns
+    -------
+    y : ndarray, same shape and dtype as ``x``
+    cache : DropoutCache
+
+    Notes
+    -----
+    ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` elementwise, so ``E[y] = x`` and evaluation needs no
+    rescaling. ``dL/dx = dL/dy * m / (1 - p)``. With ``p = 1`` every element is dropped and ``y = 0``.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x.copy(), DropoutCache(None)
+    if p == 1.0:
+        mask = np.zeros_like(x)
+    else:
+        mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, DropoutCache(mask)
+
+
+def dropout_backward(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:
+    """``dL/dx = dy * mask``."""
+    # forward was: y = x * mask
+    return dy.copy() if cache.mask is None else dy * cache.mask

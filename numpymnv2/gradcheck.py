@@ -1,0 +1,408 @@
+"""Finite-difference gradient checking, for users as much as for our tests.
+
+A hand-written backward pass is checked against central differences of the forward pass. The scalar that is
+differentiated is a fixed random projection of the output, ``L = sum(out * R)`` with ``R ~ N(0, 1)`` drawn from
+the seed, so that every output element contributes and ``dL/dout = R`` is what the backward pass receives.
+For one coordinate ``theta_i`` of an input or a parameter::
+
+    numeric_i  = (L(theta + eps e_i) - L(theta - eps e_i)) / (2 eps)      (error O(eps^2))
+    analytic_i = what backward(R) returned
+    pass       if |analytic_i - numeric_i| <= atol + rtol |numeric_i|     (torch.autograd.gradcheck's rule)
+
+The relative error reported for an array is normwise, ``max_i |analytic_i - numeric_i| / max_i |numeric_i|``:
+it does not blow up at coordinates whose true gradient is zero, where a per-coordinate ratio would divide the
+finite-difference round-off (about ``1e-16 |L| / eps``) by nothing. Checks run in float64: in float32 a central
+difference has almost no significant digits left.
+
+Two ways to call it::
+
+    mn.gradcheck(module, x)                                # the module's input and all its parameters
+    mn.gradcheck((F.depthwise_conv2d_forward, F.depthwise_conv2d_backward), (x, w), stride=2)
+
+The command ``numpymnv2 gradcheck TARGET`` runs it on any operation, block or the whole network.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+
+from numpymnv2.nn.module import Module
+
+
+class GradcheckError(AssertionError):
+    """Raised by :func:`gradcheck` (with ``raise_exception=True``) when a gradient disagrees."""
+
+
+@dataclasses.dataclass
+class ArrayReport:
+    name: str
+    shape: tuple
+    checked: int              # coordinates compared
+    max_abs_error: float
+    max_rel_error: float
+    worst_index: tuple        # where max_rel_error occurred
+    analytic: float           # the two values there
+    numeric: float
+    failures: int             # coordinates outside atol + rtol |numeric|
+
+
+@dataclasses.dataclass
+class GradcheckResult:
+    """Outcome of :func:`gradcheck`: one :class:`ArrayReport` per checked array."""
+    reports: list
+    eps: float
+    atol: float
+    rtol: float
+
+    @property
+    def passed(self) -> bool:
+        return all(r.failures == 0 for r in self.reports)
+
+    @property
+    def worst(self) -> ArrayReport:
+        return max(self.reports, key=lambda r: r.max_rel_error)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((r.max_rel_error for r in self.reports), default=0.0)
+
+    @property
+    def checked(self) -> int:
+        return sum(r.checked for r in self.reports)
+
+    def __str__(self) -> str:
+        width = max([len(r.name) for r in self.reports] + [5])
+        lines = [f"{'array':<{width}}  {'shape':<18} {'checked':>7}  {'max abs err':>11}  {'max rel err':>11}  "
+                 f"failures"]
+        for r in self.reports:
+            lines.append(f"{r.name:<{width}}  {str(r.shape):<18} {r.checked:>7}  {r.max_abs_error:11.3e}  "
+                         f"{r.max_rel_error:11.3e}  {r.failures}")
+        w = self.worst if self.reports else None
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines.append(f"{verdict}: {self.checked} coordinates, eps={self.eps:g}, atol={self.atol:g}, "
+                     f"rtol={self.rtol:g}")
+        if w is not None:
+            lines.append(f"worst relative error {w.max_rel_error:.3e} at {w.name}{list(w.worst_index)}: "
+                         f"analytic {w.analytic:.12g}, numeric {w.numeric:.12g}")
+        return "\n".join(lines)
+
+
+def _pick(size: int, max_coords: int | None, rng: np.random.Generator) -> np.ndarray:
+    if max_coords is None or size <= max_coords:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=max_coords, replace=False))
+
+
+def _compare(name, array, analytic, loss, idx, eps, atol, rtol) -> ArrayReport:
+    """Central differences of ``loss()`` at the flat coordinates ``idx`` of ``array`` (perturbed in place)."""
+    flat = array.reshape(-1)
+    if not np.shares_memory(flat, array):
+        raise ValueError(f"gradcheck: {name} must be a contiguous array")
+    analytic = np.asarray(analytic, dtype=np.float64).reshape(-1)
+    numeric = np.empty(len(idx))
+    for k, i in enumerate(idx):
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = loss()
+        flat[i] = saved - eps
+        minus = loss()
+        flat[i] = saved
+        numeric[k] = (plus - minus) / (2 * eps)
+    a = analytic[idx]
+    abs_err = np.abs(a - numeric)
+    rel_err = abs_err / max(float(np.abs(numeric).max(initial=0.0)), 1e-300)
+    failures = int(np.count_nonzero(abs_err > atol + rtol * np.abs(numeric)))
+    k = int(np.argmax(rel_err)) if len(idx) else 0
+    worst = tuple(int(v) for v in np.unravel_index(idx[k], array.shape)) if len(idx) else ()
+    return ArrayReport(name, tuple(array.shape), len(idx), float(abs_err.max(initial=0.0)),
+                       float(rel_err.max(initial=0.0)), worst, float(a[k]) if len(idx) else 0.0,
+                       float(numeric[k]) if len(idx) else 0.0, failures)
+
+
+def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
+              max_coords: int | None = None, params: bool | Sequence[str] = True, seed: int = 0,
+              raise_exception: bool = False, **kwargs) -> GradcheckResult:
+    """Compare a backward pass with central finite differences of its forward pass.
+
+    Parameters
+    ----------
+    target : Module, or (forward, backward) pair
+        A :class:`~numpymnv2.nn.Module` (its input and parameters are checked), or two functions with the
+        package's operation contract: ``out, cache = forward(*inputs, **kwargs)`` and
+        ``grads = backward(dout, cache)``, where ``grads`` (an array or a tuple) starts with the gradients of
+        ``inputs`` in order (None for an input that has no gradient).
+    inputs : ndarray or sequence of ndarray
+        For a module, its input ``x``. All arrays must be float64.
+    eps, atol, rtol : float
+        Step and tolerances, the defaults of ``torch.autograd.gradcheck`` for float64.
+    max_coords : int, optional
+        Check at most this many randomly chosen coordinates of each array (all of them by default).
+    params : bool or sequence of str
+        For a module: check all parameters (True), none (False), or those named.
+    seed : int
+        Seeds the projection ``R`` and the choice of coordinates.
+    raise_exception : bool
+        Raise :class:`GradcheckError` with the report when any coordinate fails.
+    **kwargs
+        Passed to ``forward`` (hyper-parameters such as ``stride``).
+
+    Returns
+    -------
+    GradcheckResult
+        ``.passed``, ``.max_rel_error``, ``.worst``, and a printable per-array table.
+    """
+    rng = np.random.default_rng(seed)
+    if isinstance(target, Module):
+        reports = _check_module(target, inputs, eps, atol, rtol, max_coords, params, rng)
+    elif isinstance(target, tuple) and len(target) == 2 and all(callable(f) for f in target):
+        reports = _check_function(target[0], target[1], inputs, kwargs, eps, atol, rtol, max_coords, rng)
+    else:
+        raise TypeError(f"gradcheck: target must be a Module or a (forward, backward) pair of functions, got "
+                        f"{type(target).__name__}")
+    result = GradcheckResult(reports, eps, atol, rtol)
+    if raise_exception and not result.passed:
+        raise GradcheckError("gradient check failed:\n" + str(result))
+    return result
+
+
+def _require_float64(array, name):
+    if not isinstance(array, np.ndarray) or array.dtype != np.float64:
+        raise TypeError(f"gradcheck: {name} must be a float64 ndarray (finite differences need double "
+                        f"precision), got {getattr(array, 'dtype', type(array).__name__)}")
+
+
+def _check_function(forward: Callable, backward: Callable, inputs, kwargs, eps, atol, rtol, max_coords, rng):
+    inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+    inputs = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in inputs]
+    for i, a in enumerate(inputs):
+        if isinstance(a, np.ndarray):
+            _require_float64(a, f"input {i}")
+    out, cache = forward(*inputs, **kwargs)
+    out = np.asarray(out)
+    R = rng.standard_normal(out.shape)
+    grads = backward(R if out.ndim else np.float64(R), cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+
+    def loss():
+        o, _ = forward(*inputs, **kwargs)
+        return float(np.sum(np.asarray(o) * R))
+
+    if loss() != float(np.sum(out * R)):
+        raise ValueError("gradcheck: the forward pass is not deterministic (two calls at the same point "
+                         "differ); seed its randomness inside forward")
+    reports = []
+    for i, a in enumerate(inputs):
+        if isinstance(a, np.ndarray) and i < len(grads) and grads[i] is not None:
+            reports.append(_compare(f"input{i}", a, grads[i], loss, _pick(a.size, max_coords, rng),
+                                    eps, atol, rtol))
+    return reports
+
+
+def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
+    _require_float64(x, "the module's input")
+    named = list(module.named_parameters())
+    for name, p in named:
+        _require_float64(p.data, f"parameter {name} (build the module with dtype='float64')")
+    if params is True:
+        chosen = named
+    elif params is False:
+        chosen = []
+    else:
+        wanted = list(params)
+        unknown = sorted(set(wanted) - {n for n, _ in named})
+        if unknown:
+            raise ValueError(f"gradcheck: {module.label} has no parameter(s) {unknown}")
+        chosen = [(n, p) for n, p in named if n in wanted]
+    x = np.array(x, copy=True)
+    saved_state = module.state_dict()
+    saved_grads = [p.grad.copy() for _, p in named]
+    try:
+        module.zero_grad()
+        out = module(x)
+        R = rng.standard_normal(out.shape)
+        dx = module.backward(R)
+
+        def loss():
+            return float(np.sum(module(x) * R))
+
+        if loss() != float(np.sum(out * R)):
+            raise ValueError(f"gradcheck: {module.label} is not deterministic in this mode (dropout in "
+                             f"training mode?); use eval() or dropout=0")
+        reports = [_compare("input", x, dx, loss, _pick(x.size, max_coords, rng), eps, atol, rtol)]
+        for name, p in chosen:
+            reports.append(_compare(name, p.data, p.grad, loss, _pick(p.data.size, max_coords, rng),
+                                    eps, atol, rtol))
+    finally:
+        module.load_state_dict(saved_state)
+        for (_, p), g in zip(named, saved_grads):
+            p.grad[...] = g
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the command line: `numpymnv2 gradcheck TARGET`
+
+
+def _shape(text: str) -> tuple:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a shape like 2,8,8,4, got {text!r}") from exc
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return dims
+
+
+def _targets():
+    """name -> function(args, rng) returning (target, inputs, kwargs) for gradcheck."""
+    from numpymnv2 import functional as F
+
+    def nhwc(args, rng):
+        if len(args.shape) != 4:
+            raise ValueError(f"gradcheck: --shape must be N,H,W,C for this target, got {args.shape}")
+        return rng.uniform(-1, 1, args.shape)
+
+    def conv2d(args, rng):
+        x = nhwc(args, rng)
+        w = rng.standard_normal((args.out_channels, args.kernel, args.kernel, x.shape[-1])) * 0.3
+        return (F.conv2d_forward, F.conv2d_backward), (x, w), dict(stride=args.stride, padding=args.padding)
+
+    def depthwise(args, rng):
+        x = nhwc(args, rng)
+        w = rng.standard_normal((args.kernel, args.kernel, x.shape[-1])) * 0.3
+        return ((F.depthwise_conv2d_forward, F.depthwise_conv2d_backward), (x, w),
+                dict(stride=args.stride, padding=args.padding))
+
+    def pointwise(args, rng):
+        x = nhwc(args, rng)
+        T = rng.standard_normal((args.out_channels, x.shape[-1])) * 0.3
+        return (F.pointwise_conv2d_forward, F.pointwise_conv2d_backward), (x, T), {}
+
+    def batchnorm(args, rng):
+        x = nhwc(args, rng)
+        C = x.shape[-1]
+        gamma, beta = rng.uniform(0.5, 1.5, C), rng.uniform(-0.5, 0.5, C)
+        stats = (rng.uniform(-0.2, 0.2, C), rng.uniform(0.5, 1.5, C))
+
+        def forward(x, gamma, beta, activation=None):
+            # fresh copies: the running statistics must not drift between the finite-difference calls
+            return F.batchnorm_act_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), not args.eval,
+                                           activation=activation)
+
+        return (forward, F.batchnorm_act_backward), (x, gamma, beta), dict(activation=args.activation)
+
+    def activation(fwd, bwd):
+        def make(args, rng):
+            x = nhwc(args, rng) * 4 + 2   # values around the interesting range of ReLU6
+            return (fwd, bwd), (x,), {}
+        return make
+
+    def pool(args, rng):
+        return (F.global_avg_pool_forward, F.global_avg_pool_backward), (nhwc(args, rng),), {}
+
+    def linear(args, rng):
+        if len(args.shape) != 2:
+            raise ValueError(f"gradcheck: --shape must be N,D for linear, got {args.shape}")
+        x = rng.uniform(-1, 1, args.shape)
+        w = rng.standard_normal((args.out_channels, x.shape[1])) * 0.3
+        b = rng.standard_normal(args.out_channels)
+        return (F.linear_forward, F.linear_backward), (x, w, b), {}
+
+    def dropout(args, rng):
+        def forward(x, p):
+            return F.dropout_forward(x, p, True, np.random.default_rng(args.seed))
+        return (forward, F.dropout_backward), (nhwc(args, rng),), dict(p=args.p)
+
+    def cross_entropy(args, rng):
+        if len(args.shape) != 2:
+            raise ValueError(f"gradcheck: --shape must be N,K for cross-entropy, got {args.shape}")
+        labels = rng.integers(0, args.shape[1], args.shape[0])
+
+        def forward(logits):
+            loss, dlogits = F.softmax_cross_entropy(logits, labels, args.label_smoothing)
+            return loss, dlogits
+
+        return (forward, lambda dloss, dlogits: dloss * dlogits), (rng.standard_normal(args.shape),), {}
+
+    def block(args, rng):
+        from numpymnv2.models import InvertedResidual
+        x = nhwc(args, rng)
+        m = InvertedResidual(x.shape[-1], args.out_channels, args.stride, args.expand_ratio,
+                             seed=args.seed, dtype="float64")
+        _randomize_bn(m, rng)
+        return (m.eval() if args.eval else m.train()), x, {}
+
+    def network(args, rng):
+        from numpymnv2.models import MobileNetV2
+        m = MobileNetV2(num_classes=args.out_channels, width_mult=args.width, dropout=0.0, seed=args.seed,
+                        dtype="float64")
+        _randomize_bn(m, rng)
+        x = rng.uniform(-1, 1, (args.shape[0], args.resolution, args.resolution, 3))
+        return (m.eval() if args.eval else m.train()), x, {}
+
+    return {
+        "conv2d": conv2d, "depthwise": depthwise, "pointwise": pointwise, "batchnorm": batchnorm,
+        "relu6": activation(F.relu6_forward, F.relu6_backward), "relu": activation(F.relu_forward, F.relu_backward),
+        "global-avg-pool": pool, "linear": linear, "dropout": dropout, "cross-entropy": cross_entropy,
+        "inverted-residual": block, "mobilenetv2": network,
+    }
+
+
+def _randomize_bn(module: Module, rng: np.random.Generator) -> None:
+    """Non-trivial BatchNorm parameters and statistics, so the check exercises every term."""
+    for name, p in module.named_parameters():
+        if p.data.ndim == 1:
+            p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) if name.endswith("weight") else \
+                rng.uniform(-0.3, 0.3, p.data.shape)
+    for name, b in module.named_buffers():
+        if name.endswith("running_mean"):
+            b[...] = rng.uniform(-0.2, 0.2, b.shape)
+        elif name.endswith("running_var"):
+            b[...] = rng.uniform(0.5, 1.5, b.shape)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", choices=sorted(_TARGET_NAMES), help="operation, block or network to check")
+    p.add_argument("--shape", type=_shape, default=(2, 7, 7, 4),
+                   help="input shape: N,H,W,C for image ops and blocks, N,D for linear/cross-entropy, "
+                        "N for mobilenetv2 (default 2,7,7,4)")
+    p.add_argument("--out-channels", type=int, default=6, help="output channels / features / classes")
+    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--padding", type=int, default=1)
+    p.add_argument("--expand-ratio", type=int, default=6, help="inverted-residual: t")
+    p.add_argument("--activation", choices=["relu6", "relu"], default=None, help="batchnorm: fused activation")
+    p.add_argument("--eval", action="store_true", help="evaluation mode (running statistics)")
+    p.add_argument("--p", type=float, default=0.2, help="dropout probability")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--width", type=float, default=0.35, help="mobilenetv2: width multiplier")
+    p.add_argument("--resolution", type=int, default=32, help="mobilenetv2: input height and width")
+    p.add_argument("--max-coords", type=int, default=20, help="coordinates checked per array (0: all)")
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+
+
+_TARGET_NAMES = ("conv2d", "depthwise", "pointwise", "batchnorm", "relu6", "relu", "global-avg-pool", "linear",
+                 "dropout", "cross-entropy", "inverted-residual", "mobilenetv2")
+
+
+def run(args) -> int:
+    rng = np.random.default_rng(args.seed)
+    target, inputs, kwargs = _targets()[args.target](args, rng)
+    result = gradcheck(target, inputs, eps=args.eps, atol=args.atol, rtol=args.rtol,
+                       max_coords=args.max_coords or None, seed=args.seed, **kwargs)
+    print(f"gradcheck {args.target}")
+    print(result)
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m numpymnv2.gradcheck")
+    configure_parser(parser)
+    sys.exit(run(parser.parse_args()))
