@@ -11,7 +11,7 @@ touches the network except :func:`download`, which is only called explicitly.
 from numpymnv2.data.cifar import load_cifar10, read_cifar_batch
 from numpymnv2.data.dataset import Dataset, default_data_dir, load_dataset
 from numpymnv2.data.digits import load_digits
-from numpymnv2.data.download import download, fetch_file
+from numpymnv2.data.fetch import download, fetch_file
 from numpymnv2.data.folder import load_image_folder
 from numpymnv2.data.loader import DataLoader
 from numpymnv2.data.mnist import load_fashion_mnist, load_mnist, read_idx

@@ -109,9 +109,13 @@ def _extract_cifar(archive: Path, folder: Path) -> None:
             name = Path(member.name).name
             if member.isfile() and name in CIFAR_MEMBERS:
                 fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-                with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
-                    shutil.copyfileobj(src, out)
-                os.replace(tmp, folder / name)
+                try:
+                    with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
+                        shutil.copyfileobj(src, out)
+                    os.replace(tmp, folder / name)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
                 found.add(name)
     missing = [n for n in CIFAR_MEMBERS if n not in found]
     if missing:
