@@ -124,8 +124,8 @@ def load_dataset(name: str, data_dir=None, split: str = "train", **kwargs) -> Da
     split : {"train", "test"}
         "folder" also accepts "val".
     **kwargs
-        Passed to the reader: ``raw`` for digits; ``size`` and ``split`` folders for "folder" (see
-        :func:`numpymnv2.data.folder.load_image_folder`).
+        Passed to the reader: ``raw`` for "digits" (:func:`~numpymnv2.data.digits.load_digits`); ``size`` and
+        ``extensions`` for "folder" (:func:`~numpymnv2.data.folder.load_image_folder`).
 
     Returns
     -------

@@ -19,6 +19,7 @@ sets use the same four file names; each may also be gzip-compressed (``.gz``), a
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def read_idx(path, expected_magic: int | None = None) -> np.ndarray:
                          f"got {len(data)}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_TYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         what = "truncated IDX file" if len(data) < expected else "IDX file has trailing bytes"
         raise ValueError(f"{path}: {what}: the header announces shape {shape} of {dtype.name}, so expected "
