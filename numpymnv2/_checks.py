@@ -77,8 +77,27 @@ def check_same_shape(dout: np.ndarray, shape: tuple, where: str) -> np.ndarray:
     return dout
 
 
+def check_hyperparameter(value, name: str, where: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer ``>= minimum`` (a channel count, kernel size, stride or padding).
+
+    Raises ``TypeError`` for a non-integer (``2.0``, ``True``) and ``ValueError`` for one below ``minimum``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: expected an integer {name}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{where}: expected {name} >= {minimum}, got {value}")
+    return int(value)
+
+
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, where: str, axis: str = "H") -> int:
-    """Spatial output size of a convolution, ``floor((size + 2 p - k) / s) + 1``; raise if it is not positive."""
+    """Spatial output size of a convolution, ``floor((size + 2 p - k) / s) + 1``; raise if it is not positive.
+
+    ``kernel_size`` and ``stride`` must be positive integers and ``padding`` a non-negative one (a stride of 0
+    would otherwise surface as a ``ZeroDivisionError``).
+    """
+    check_hyperparameter(kernel_size, "kernel_size", where)
+    check_hyperparameter(stride, "stride", where)
+    check_hyperparameter(padding, "padding", where, minimum=0)
     out = (size + 2 * padding - kernel_size) // stride + 1
     if out < 1:
         raise ValueError(f"{where}: input {axis}={size} with kernel_size={kernel_size}, stride={stride}, "
