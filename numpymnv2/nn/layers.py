@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpymnv2._checks import check_array, resolve_dtype
+from numpymnv2._checks import check_array, check_hyperparameter, conv_output_size, resolve_dtype
 from numpymnv2.backend import ops
 from numpymnv2.nn.module import Module, Parameter
 
 
 def _rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _check_spatial(x, kernel_size: int, stride: int, padding: int, where: str) -> None:
+    """Raise a ``ValueError`` naming the layer when ``x`` is too small for the kernel (an empty output)."""
+    conv_output_size(x.shape[1], kernel_size, stride, padding, where, "H")
+    conv_output_size(x.shape[2], kernel_size, stride, padding, where, "W")
+
+
+def _check_batch_statistics(x, where: str) -> None:
+    """Training-mode BatchNorm needs at least two values per channel for a batch variance (as PyTorch)."""
+    if x.shape[0] * x.shape[1] * x.shape[2] < 2:
+        raise ValueError(f"{where}: training mode needs more than one value per channel (N*H*W >= 2) to "
+                         f"compute batch statistics, got input shape {x.shape}; use eval() or a larger batch")
 
 
 def kaiming_normal_fan_out(shape: tuple, fan_out: int, rng: np.random.Generator, dtype) -> np.ndarray:
@@ -34,6 +47,7 @@ class _Layer(Module):
         object.__setattr__(self, "_cache", None)
         object.__setattr__(self, "_ops", None)
         object.__setattr__(self, "_out_shape", None)
+        object.__setattr__(self, "_out_dtype", None)
 
     def in_channels_expected(self):
         return None
@@ -46,11 +60,12 @@ class _Layer(Module):
         object.__setattr__(self, "_cache", cache)
         object.__setattr__(self, "_ops", backend)
         object.__setattr__(self, "_out_shape", out.shape)
+        object.__setattr__(self, "_out_dtype", out.dtype)
         return out
 
     def _recall(self, dout):
         cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape)
+        self._check_dout(dout, self._out_shape, self._out_dtype)
         return cache, self._ops
 
 
@@ -64,14 +79,23 @@ class Conv2d(_Layer):
                  padding: int = 0, rng=None, dtype="float32"):
         super().__init__()
         dt = resolve_dtype(dtype)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        where = type(self).__name__
+        self.in_channels = check_hyperparameter(in_channels, "in_channels", where)
+        self.out_channels = check_hyperparameter(out_channels, "out_channels", where)
+        self.kernel_size = check_hyperparameter(kernel_size, "kernel_size", where)
+        self.stride = check_hyperparameter(stride, "stride", where)
+        self.padding = check_hyperparameter(padding, "padding", where, minimum=0)
         fan_out = out_channels * kernel_size * kernel_size
         self.weight = Parameter(kaiming_normal_fan_out((out_channels, kernel_size, kernel_size, in_channels),
                                                        fan_out, _rng(rng), dt))
 
     def in_channels_expected(self):
         return self.in_channels
+
+    def check_input(self, x, finite: bool = True):
+        x = super().check_input(x, finite)
+        _check_spatial(x, self.kernel_size, self.stride, self.padding, self.label)
+        return x
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -99,13 +123,22 @@ class DepthwiseConv2d(_Layer):
                  dtype="float32"):
         super().__init__()
         dt = resolve_dtype(dtype)
-        self.channels, self.kernel_size, self.stride, self.padding = channels, kernel_size, stride, padding
+        where = type(self).__name__
+        self.channels = check_hyperparameter(channels, "channels", where)
+        self.kernel_size = check_hyperparameter(kernel_size, "kernel_size", where)
+        self.stride = check_hyperparameter(stride, "stride", where)
+        self.padding = check_hyperparameter(padding, "padding", where, minimum=0)
         # PyTorch's fan_out for a (C, 1, K, K) weight is C * K * K
         self.weight = Parameter(kaiming_normal_fan_out((kernel_size, kernel_size, channels),
                                                        channels * kernel_size * kernel_size, _rng(rng), dt))
 
     def in_channels_expected(self):
         return self.channels
+
+    def check_input(self, x, finite: bool = True):
+        x = super().check_input(x, finite)
+        _check_spatial(x, self.kernel_size, self.stride, self.padding, self.label)
+        return x
 
     def extra_repr(self):
         return f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -131,7 +164,9 @@ class PointwiseConv2d(_Layer):
     def __init__(self, in_channels: int, out_channels: int, rng=None, dtype="float32"):
         super().__init__()
         dt = resolve_dtype(dtype)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        where = type(self).__name__
+        self.in_channels = check_hyperparameter(in_channels, "in_channels", where)
+        self.out_channels = check_hyperparameter(out_channels, "out_channels", where)
         self.weight = Parameter(kaiming_normal_fan_out((out_channels, in_channels), out_channels, _rng(rng), dt))
 
     def in_channels_expected(self):
@@ -162,7 +197,8 @@ class BatchNorm2d(_Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype="float32"):
         super().__init__()
         dt = resolve_dtype(dtype)
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features = check_hyperparameter(num_features, "num_features", type(self).__name__)
+        self.eps, self.momentum = eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype=dt))
         self.bias = Parameter(np.zeros(num_features, dtype=dt))
         self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
@@ -171,6 +207,12 @@ class BatchNorm2d(_Layer):
 
     def in_channels_expected(self):
         return self.num_features
+
+    def check_input(self, x, finite: bool = True):
+        x = super().check_input(x, finite)
+        if self.training:
+            _check_batch_statistics(x, self.label)
+        return x
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -273,7 +315,9 @@ class Linear(_Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None, dtype="float32"):
         super().__init__()
         dt = resolve_dtype(dtype)
-        self.in_features, self.out_features = in_features, out_features
+        where = type(self).__name__
+        self.in_features = check_hyperparameter(in_features, "in_features", where)
+        self.out_features = check_hyperparameter(out_features, "out_features", where)
         self.weight = Parameter((_rng(rng).standard_normal((out_features, in_features)) * 0.01).astype(dt))
         self.bias = Parameter(np.zeros(out_features, dtype=dt)) if bias else None
 
@@ -307,20 +351,35 @@ class ConvBNAct(Module):
 
     ``forward(x, residual=None)`` returns ``act(BN(conv(x))) + residual``; ``backward(dout)`` returns dL/dx.
     The gradient with respect to ``residual`` is ``dout`` itself, which the caller adds to its shortcut.
+
+    ``dtype`` defaults to the convolution's parameter dtype; the BatchNorm must share it (a float32 BatchNorm
+    after a float64 convolution would silently mix precisions), so a different explicit ``dtype`` is an error,
+    as is an ``out_channels`` that differs from the convolution's output channels.
     """
 
-    def __init__(self, conv: Module, out_channels: int, activation: str | None = "relu6", dtype="float32"):
+    def __init__(self, conv: Module, out_channels: int, activation: str | None = "relu6", dtype=None):
         super().__init__()
         if activation not in (None, "relu6", "relu"):
             raise ValueError(f"ConvBNAct: activation must be 'relu6', 'relu' or None, got {activation!r}")
+        if not isinstance(conv, Module):
+            raise TypeError(f"ConvBNAct: conv must be a Module, got {type(conv).__name__}")
+        conv_dtype = conv.param_dtype()
+        dt = resolve_dtype(dtype if dtype is not None else (conv_dtype or "float32"))
+        if conv_dtype is not None and conv_dtype != dt:
+            raise TypeError(f"ConvBNAct: dtype={dt} but the convolution's parameters are {conv_dtype}")
+        conv_out = getattr(conv, "out_channels", getattr(conv, "channels", None))
+        if conv_out is not None and conv_out != out_channels:
+            raise ValueError(f"ConvBNAct: out_channels={out_channels} but the convolution {conv!r} gives "
+                             f"{conv_out} channels")
         self.activation = activation
         setattr(self, "0", conv)
-        setattr(self, "1", BatchNorm2d(out_channels, dtype=dtype))
+        setattr(self, "1", BatchNorm2d(out_channels, dtype=dt))
         if activation is not None:
             setattr(self, "2", ReLU6() if activation == "relu6" else ReLU())
         object.__setattr__(self, "_cache", None)
         object.__setattr__(self, "_ops", None)
         object.__setattr__(self, "_out_shape", None)
+        object.__setattr__(self, "_out_dtype", None)
 
     @property
     def conv(self) -> Module:
@@ -339,6 +398,14 @@ class ConvBNAct(Module):
     def forward(self, x, residual=None):
         h = self.conv(x)
         bn, backend = self.bn, ops()
+        check_array(h, self.label, channels=bn.num_features, finite=False, what="convolution output")
+        if self.training:
+            _check_batch_statistics(h, self.label)
+        if residual is not None:
+            check_array(residual, self.label, dtype=h.dtype, finite=False, what="residual")
+            if residual.shape != h.shape:
+                raise ValueError(f"{self.label}: expected a residual of shape {h.shape} (the output's shape), "
+                                 f"got {residual.shape}")
         out, cache = backend.batchnorm_act_forward(h, bn.weight.data, bn.bias.data, bn.running_mean,
                                                    bn.running_var, self.training, bn.momentum, bn.eps,
                                                    self.activation, residual)
@@ -347,11 +414,12 @@ class ConvBNAct(Module):
         object.__setattr__(self, "_cache", cache)
         object.__setattr__(self, "_ops", backend)
         object.__setattr__(self, "_out_shape", out.shape)
+        object.__setattr__(self, "_out_dtype", out.dtype)
         return out
 
     def backward(self, dout):
         cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape)
+        self._check_dout(dout, self._out_shape, self._out_dtype)
         dh, dgamma, dbeta, _ = self._ops.batchnorm_act_backward(dout, cache)
         self.bn.weight.grad += dgamma
         self.bn.bias.grad += dbeta

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Iterator
 
 import numpy as np
@@ -130,11 +131,13 @@ class Module:
                 return b.dtype
         return None
 
-    def _check_dout(self, dout, shape) -> np.ndarray:
+    def _check_dout(self, dout, shape, dtype=None) -> np.ndarray:
+        """Validate ``dout`` against the forward output's ``shape`` and dtype (``dtype``, else the parameters')."""
         check_same_shape(dout, shape, self.label)
-        dt = self.param_dtype()
+        dt = dtype if dtype is not None else self.param_dtype()
         if dt is not None and dout.dtype != dt:
-            raise TypeError(f"{self.label}: expected a {dt} gradient, got {dout.dtype}")
+            raise TypeError(f"{self.label}: expected a {dt} gradient (the forward output's dtype), got "
+                            f"{dout.dtype}")
         return dout
 
     def _need_cache(self, cache):
@@ -206,10 +209,12 @@ class Module:
 
         Every key is checked before anything is written, so a mismatched dict leaves the module unchanged.
         Values are cast to the module's dtype. With ``strict`` (the default) missing and unexpected keys are
-        errors; every problem is listed in one ``ValueError``.
+        errors; every problem is listed in one ``ValueError``. Any mapping of names to arrays works, including
+        the ``NpzFile`` that ``numpy.load`` returns for an ``.npz``.
         """
-        if not isinstance(state, dict):
+        if not isinstance(state, Mapping):
             raise TypeError(f"{self.label}.load_state_dict: expected a dict of arrays, got {type(state).__name__}")
+        state = {k: state[k] for k in state}      # read each entry once (an NpzFile decompresses on access)
         targets = {}
         for mod_name, mod in self.named_modules():
             for key in list(mod._parameters) + list(mod._buffers):
@@ -233,8 +238,11 @@ class Module:
             if value.dtype.kind not in "fiub":
                 problems.append(f"{k}: expected a numeric array, got dtype {value.dtype}")
                 continue
-            if current.dtype.kind == "f" and not np.isfinite(value).all():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
                 problems.append(f"{k}: contains NaN or infinite values")
+                continue
+            if current.dtype.kind in "iu" and value.dtype.kind == "f" and not np.all(value == np.round(value)):
+                problems.append(f"{k}: expected integer values for a {current.dtype} buffer, got {value}")
                 continue
             staged.append((mod, key, value.astype(current.dtype, copy=True)))
         if problems:
