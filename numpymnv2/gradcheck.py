@@ -102,7 +102,11 @@ def _compare(name, array, analytic, loss, idx, eps, atol, rtol) -> ArrayReport:
     flat = array.reshape(-1)
     if not np.shares_memory(flat, array):
         raise ValueError(f"gradcheck: {name} must be a contiguous array")
-    analytic = np.asarray(analytic, dtype=np.float64).reshape(-1)
+    analytic = np.asarray(analytic, dtype=np.float64)
+    if analytic.shape != array.shape:
+        raise ValueError(f"gradcheck: the backward pass returned a gradient of shape {analytic.shape} for {name}, "
+                         f"which has shape {array.shape}")
+    analytic = analytic.reshape(-1)
     numeric = np.empty(len(idx))
     for k, i in enumerate(idx):
         saved = flat[i]
@@ -163,6 +167,9 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     else:
         raise TypeError(f"gradcheck: target must be a Module or a (forward, backward) pair of functions, got "
                         f"{type(target).__name__}")
+    if not reports:
+        raise ValueError("gradcheck: nothing to check (the backward pass returned no gradient for any array "
+                         "input)")
     result = GradcheckResult(reports, eps, atol, rtol)
     if raise_exception and not result.passed:
         raise GradcheckError("gradient check failed:\n" + str(result))
@@ -220,6 +227,10 @@ def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
     x = np.array(x, copy=True)
     saved_state = module.state_dict()
     saved_grads = [p.grad.copy() for _, p in named]
+    # random generators (Dropout's) are state too: a check must not shift the masks of later training steps
+    generators = [m.generator for m in module.modules()
+                  if isinstance(getattr(m, "generator", None), np.random.Generator)]
+    saved_generators = [g.bit_generator.state for g in generators]
     try:
         module.zero_grad()
         out = module(x)
@@ -240,6 +251,8 @@ def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
         module.load_state_dict(saved_state)
         for (_, p), g in zip(named, saved_grads):
             p.grad[...] = g
+        for gen, state in zip(generators, saved_generators):
+            gen.bit_generator.state = state
     return reports
 
 
