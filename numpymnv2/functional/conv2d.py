@@ -63,6 +63,7 @@ def col2im(dcols: np.ndarray, x_shape: tuple, stride: int, padding: int) -> np.n
     dx_pad = np.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dcols.dtype)
     for a in range(K):
         for b in range(K):
+            # forward was: cols[:, :, :, a, b, :] = x_pad[tap (a, b)]; overlapping taps accumulate
             dx_pad[:, a:a + s * (H_out - 1) + 1:s, b:b + s * (W_out - 1) + 1:s, :] += dcols[:, :, :, a, b, :]
     return dx_pad[:, p:p + H, p:p + W, :]
 

@@ -77,6 +77,7 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
     dx : ndarray, shape (N, H, W, C)
     dgamma, dbeta : ndarray, shape (C,)
     dresidual : ndarray, shape (N, H, W, C), or None when there was no residual
+        ``dout`` itself, not a copy.
     """
     bn, beta, activation, has_residual = cache
     # forward was: out = y + residual

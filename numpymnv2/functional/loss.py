@@ -52,5 +52,7 @@ def softmax_cross_entropy(logits: np.ndarray, labels, label_smoothing: float = 0
     q = np.full_like(logits, label_smoothing / K)
     q[np.arange(N), labels] += 1 - label_smoothing
     loss = -(q * log_p).sum() / N
+    # forward was: L = -(1/N) sum q log_p with log_p = shifted - log sum exp(shifted); since sum_k q_k = 1,
+    # dL/dlogits = (softmax - q) / N (the max shift is a constant and drops out)
     dlogits = (np.exp(log_p) - q) / logits.dtype.type(N)
     return logits.dtype.type(loss), dlogits

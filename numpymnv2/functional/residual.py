@@ -32,5 +32,10 @@ def residual_add_forward(x: np.ndarray, fx: np.ndarray):
 
 
 def residual_add_backward(dout: np.ndarray, cache=None):
-    """Return ``(dL/dx, dL/dfx)``, both equal to ``dout``."""
+    """Return ``(dL/dx, dL/dfx)``, both equal to ``dout``.
+
+    Both are ``dout`` itself, not copies (an addition has nothing to compute); copy before modifying either in
+    place.
+    """
+    # forward was: out = x + fx
     return dout, dout
