@@ -1,0 +1,8 @@
+"""Interchange with PyTorch/torchvision: ``from_torchvision``, ``to_torchvision`` and ``numpymnv2 convert``.
+
+torch is imported only by :mod:`numpymnv2.interop.convert` (to read ``.pth`` files), and only when it runs;
+converting an in-memory state_dict of numpy arrays needs no torch at all.
+"""
+from numpymnv2.interop.torchvision import from_torchvision, ours_to_torch, to_torchvision, torch_to_ours
+
+__all__ = ["from_torchvision", "ours_to_torch", "to_torchvision", "torch_to_ours"]

@@ -1,0 +1,68 @@
+"""``numpymnv2 convert model.pth weights.npz``: a saved torchvision MobileNetV2 state_dict to our weights file.
+
+The ``.pth`` file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` (no arbitrary
+pickled code runs); torch is imported here, when the command runs, and nowhere else in the package. The output
+is written by :func:`numpymnv2.models.save_weights` and loads back with ``numpymnv2.models.load_weights(path)``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise RuntimeError("numpymnv2 convert needs PyTorch to read .pth files: pip install torch "
+                           "(converting a state_dict already in memory needs no torch: "
+                           "numpymnv2.interop.from_torchvision)") from exc
+    return torch
+
+
+def load_torch_state_dict(path) -> dict:
+    """Read a torchvision state_dict saved with ``torch.save(model.state_dict(), path)`` as numpy arrays.
+
+    A checkpoint dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"convert: no such file: {path}")
+    torch = _import_torch()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"convert: cannot read {path} as a PyTorch state_dict ({type(exc).__name__}: {exc})") \
+            from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(hasattr(v, "detach") for v in obj.values()):
+        raise ValueError(f"convert: {path} does not hold a state_dict (a dict of tensors); save one with "
+                         f"torch.save(model.state_dict(), path)")
+    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="torchvision MobileNetV2 state_dict (.pth) from torch.save(model.state_dict())")
+    p.add_argument("output", help="numpymnv2 weights file to write (.npz)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier the weights were trained with")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: read from the file)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+
+
+def run(args) -> int:
+    from numpymnv2.interop.torchvision import from_torchvision
+    from numpymnv2.models.io import save_weights
+
+    try:
+        state = load_torch_state_dict(args.source)
+    except RuntimeError as exc:
+        print(f"numpymnv2 convert: error: {exc}", file=sys.stderr)
+        return 2
+    model = from_torchvision(state, num_classes=args.num_classes, width_mult=args.width, dtype=args.dtype)
+    save_weights(model, args.output)
+    print(f"wrote {args.output}: MobileNetV2 width_mult={args.width} num_classes={model.num_classes}, "
+          f"{model.num_parameters():,} parameters")
+    return 0
