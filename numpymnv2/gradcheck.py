@@ -6,13 +6,19 @@ the seed, so that every output element contributes and ``dL/dout = R`` is what t
 For one coordinate ``theta_i`` of an input or a parameter::
 
     numeric_i  = (L(theta + eps e_i) - L(theta - eps e_i)) / (2 eps)      (error O(eps^2))
+               = sum(R * (out(theta + eps e_i) - out(theta - eps e_i))) / (2 eps)
     analytic_i = what backward(R) returned
     pass       if |analytic_i - numeric_i| <= atol + rtol |numeric_i|     (torch.autograd.gradcheck's rule)
 
 The relative error reported for an array is normwise, ``max_i |analytic_i - numeric_i| / max_i |numeric_i|``:
 it does not blow up at coordinates whose true gradient is zero, where a per-coordinate ratio would divide the
-finite-difference round-off (about ``1e-16 |L| / eps``) by nothing. Checks run in float64: in float32 a central
-difference has almost no significant digits left.
+finite-difference round-off by nothing. The outputs are subtracted before they are projected (the second line
+above): outputs that a coordinate does not touch then cancel exactly, and the round-off is that of the touched
+outputs only, about ``u |out_j| / eps`` each (``u`` the float64 unit round-off), not ``u |L| / eps`` of a sum over
+the whole output. For the same reason the denominator is at least ``floor = 4 u max_j |out_j R_j| / eps``: a
+gradient below what a central difference can resolve (say ``1e-200`` after a tiny BatchNorm weight) is reported
+with a small error rather than one of ``1e+60``, since the difference quotient there is pure round-off. Checks run
+in float64: in float32 a central difference has almost no significant digits left.
 
 Two ways to call it::
 
@@ -97,8 +103,14 @@ def _pick(size: int, max_coords: int | None, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(size, size=max_coords, replace=False))
 
 
-def _compare(name, array, analytic, loss, idx, eps, atol, rtol) -> ArrayReport:
-    """Central differences of ``loss()`` at the flat coordinates ``idx`` of ``array`` (perturbed in place)."""
+def _resolution(out: np.ndarray, R: np.ndarray, eps: float) -> float:
+    """About the smallest derivative a central difference of ``sum(out * R)`` resolves above its round-off."""
+    return 4 * np.finfo(np.float64).eps * float(np.max(np.abs(out * R), initial=0.0)) / eps
+
+
+def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) -> ArrayReport:
+    """Central differences of ``sum(output() * R)`` at the flat coordinates ``idx`` of ``array`` (perturbed in
+    place and restored)."""
     flat = array.reshape(-1)
     if not np.shares_memory(flat, array):
         raise ValueError(f"gradcheck: {name} must be a contiguous array")
@@ -111,14 +123,14 @@ def _compare(name, array, analytic, loss, idx, eps, atol, rtol) -> ArrayReport:
     for k, i in enumerate(idx):
         saved = flat[i]
         flat[i] = saved + eps
-        plus = loss()
+        plus = output()
         flat[i] = saved - eps
-        minus = loss()
+        minus = output()
         flat[i] = saved
-        numeric[k] = (plus - minus) / (2 * eps)
+        numeric[k] = np.sum((plus - minus) * R) / (2 * eps)
     a = analytic[idx]
     abs_err = np.abs(a - numeric)
-    rel_err = abs_err / max(float(np.abs(numeric).max(initial=0.0)), 1e-300)
+    rel_err = abs_err / max(float(np.abs(numeric).max(initial=0.0)), floor, 1e-300)
     failures = int(np.count_nonzero(abs_err > atol + rtol * np.abs(numeric)))
     k = int(np.argmax(rel_err)) if len(idx) else 0
     worst = tuple(int(v) for v in np.unravel_index(idx[k], array.shape)) if len(idx) else ()
@@ -194,18 +206,19 @@ def _check_function(forward: Callable, backward: Callable, inputs, kwargs, eps, 
     grads = backward(R if out.ndim else np.float64(R), cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
 
-    def loss():
+    def output():
         o, _ = forward(*inputs, **kwargs)
-        return float(np.sum(np.asarray(o) * R))
+        return np.asarray(o, dtype=np.float64)
 
-    if loss() != float(np.sum(out * R)):
+    if not np.array_equal(output(), out):
         raise ValueError("gradcheck: the forward pass is not deterministic (two calls at the same point "
                          "differ); seed its randomness inside forward")
+    floor = _resolution(out, R, eps)
     reports = []
     for i, a in enumerate(inputs):
         if isinstance(a, np.ndarray) and i < len(grads) and grads[i] is not None:
-            reports.append(_compare(f"input{i}", a, grads[i], loss, _pick(a.size, max_coords, rng),
-                                    eps, atol, rtol))
+            reports.append(_compare(f"input{i}", a, grads[i], output, R, _pick(a.size, max_coords, rng),
+                                    eps, atol, rtol, floor))
     return reports
 
 
@@ -237,16 +250,17 @@ def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
         R = rng.standard_normal(out.shape)
         dx = module.backward(R)
 
-        def loss():
-            return float(np.sum(module(x) * R))
+        def output():
+            return np.asarray(module(x), dtype=np.float64)
 
-        if loss() != float(np.sum(out * R)):
+        if not np.array_equal(output(), out):
             raise ValueError(f"gradcheck: {module.label} is not deterministic in this mode (dropout in "
                              f"training mode?); use eval() or dropout=0")
-        reports = [_compare("input", x, dx, loss, _pick(x.size, max_coords, rng), eps, atol, rtol)]
+        floor = _resolution(out, R, eps)
+        reports = [_compare("input", x, dx, output, R, _pick(x.size, max_coords, rng), eps, atol, rtol, floor)]
         for name, p in chosen:
-            reports.append(_compare(name, p.data, p.grad, loss, _pick(p.data.size, max_coords, rng),
-                                    eps, atol, rtol))
+            reports.append(_compare(name, p.data, p.grad, output, R, _pick(p.data.size, max_coords, rng),
+                                    eps, atol, rtol, floor))
     finally:
         module.load_state_dict(saved_state)
         for (_, p), g in zip(named, saved_grads):
