@@ -1,9 +1,13 @@
 """Hypothesis strategies shared by the test suite."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from numpymnv2.gradcheck import gradcheck
 
 
 def nhwc_shapes(min_side=1, max_side=7, max_batch=4, max_channels=8):
@@ -30,3 +34,43 @@ def away_from_kinks(x: np.ndarray, kinks=(0.0, 6.0), margin: float = 1e-3) -> np
 @st.composite
 def seeds(draw):
     return draw(st.integers(0, 2**32 - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gradient checks shared by the op tests
+
+REL_TOL = 1e-6
+"""Bound on the normwise relative error of every finite-difference check (issue 2)."""
+
+
+def record_rel_error(op: str, value: float) -> None:
+    """Append ``op<TAB>value`` to the file named by ``NUMPYMNV2_GRADLOG``, if set (for the worst-error report).
+
+    ``NUMPYMNV2_GRADLOG=/tmp/grad.tsv pytest tests/functional`` then ``sort -k2 -g /tmp/grad.tsv | tail``.
+    """
+    path = os.environ.get("NUMPYMNV2_GRADLOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{op}\t{value:.6e}\n")
+
+
+def check_grads(op: str, target, inputs, **kwargs):
+    """Run :func:`numpymnv2.gradcheck` in float64, record its worst error and assert it is below ``REL_TOL``."""
+    result = gradcheck(target, inputs, **kwargs)
+    record_rel_error(op, result.max_rel_error)
+    assert result.max_rel_error < REL_TOL, f"{op}: relative error {result.max_rel_error:.3e}\n{result}"
+    assert result.passed, f"{op}:\n{result}"
+    return result
+
+
+def kink_distance(x: np.ndarray, kinks=(0.0, 6.0)) -> float:
+    """The smallest distance of any value of ``x`` to a kink."""
+    return float(min(np.abs(x - k).min() for k in kinks)) if x.size else np.inf
+
+
+def scales(shape, low=0.1, high=1.5, dtype=np.float64):
+    """Arrays whose magnitudes lie in ``[low, high]``, either sign: a BatchNorm ``gamma`` that does not shrink
+    the gradient below what a central difference resolves next to ``beta`` (with ``|gamma| = 1e-9`` the output
+    changes by ``1e-15`` per step, which float64 cannot see against ``beta ~ 1``)."""
+    return st.tuples(float_arrays(shape, dtype, low, high), arrays(np.bool_, shape)).map(
+        lambda t: np.where(t[1], -t[0], t[0]))
