@@ -239,8 +239,9 @@ class Optimizer:
         """What ``step`` loops over: (group, parameter, its state, its work arrays, state names just created)."""
         for g, group in enumerate(self.param_groups):
             self._prepare_group(g, group)
-        for i, _, group, p in self._indexed():
+        for i, _, _, p in self._indexed():        # check everything first: no half-applied step on error
             self._check_param(i, p)
+        for i, _, group, p in self._indexed():
             created = self._ensure_state(i, group, p)
             yield group, p, self.state[i], self._work[i], created
 

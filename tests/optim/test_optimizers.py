@@ -406,12 +406,14 @@ def test_bad_lr_set_later_is_caught_at_step():
 def test_grad_shape_and_dtype_mismatch_at_step_names_the_parameter():
     m = Tiny()
     opt = optim.SGD(m.named_parameters(), lr=0.1)
+    m.weight.grad[...] = 1.0
     m.bias.grad = np.zeros(4)
     with pytest.raises(ValueError, match=r"'bias' \(index 1\) has shape \(3,\) but its grad has shape \(4,\)"):
         opt.step()
     m.bias.grad = np.zeros(3, np.float32)
     with pytest.raises(TypeError, match=r"'bias' \(index 1\) is float64 but its grad is float32"):
         opt.step()
+    assert (m.weight.data == 1).all()             # nothing was updated by the failed steps
     m.bias.grad = np.zeros(3)
     m.weight.data = np.ones((2, 2))
     with pytest.raises(ValueError, match=r"'weight' \(index 0\) changed from \(3, 2\)"):
