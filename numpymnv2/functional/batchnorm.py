@@ -48,7 +48,12 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
         running_var  <- (1 - momentum) running_var  + momentum var M / (M - 1)
 
     In evaluation mode ``mu`` and ``var`` are the running statistics, which are left unchanged.
+
+    ``momentum`` and ``eps`` are converted to Python floats: under NumPy 2's promotion rules (NEP 50) a NumPy
+    float64 scalar such as ``np.float64(1e-5)`` would otherwise promote a float32 ``var + eps``, and with it the
+    whole output, to float64.
     """
+    momentum, eps = float(momentum), float(eps)
     axes = (0, 1, 2)
     if training:
         M = x.shape[0] * x.shape[1] * x.shape[2]

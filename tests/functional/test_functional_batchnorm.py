@@ -179,3 +179,13 @@ def test_batchnorm_matches_torch(training):
     np.testing.assert_allclose(dbeta, bt.grad.numpy(), **tol)
     np.testing.assert_allclose(rm, rm_t.numpy(), **tol)
     np.testing.assert_allclose(rv, rv_t.numpy(), **tol)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_numpy_scalar_hyperparameters_do_not_upcast(training):
+    # NEP 50: np.float64(1e-5) is a strong float64 scalar; var(float32) + it would be float64
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
+    f32 = [np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(4, np.float32)]
+    y, cache = batchnorm_forward(x, *f32, training, np.float64(0.1), np.float64(1e-5))
+    assert y.dtype == cache.inv_std.dtype == cache.x_hat.dtype == np.float32
+    assert f32[2].dtype == f32[3].dtype == np.float32

@@ -87,3 +87,8 @@ def test_dropout_preserves_float32(training):
 def test_dropout_rejects_bad_p(p):
     with pytest.raises(ValueError, match="p must be in \\[0, 1\\]"):
         dropout_forward(np.ones(3), p, True, np.random.default_rng(0))
+
+
+def test_dropout_numpy_scalar_p_does_not_upcast():
+    y, cache = dropout_forward(np.ones((3, 4), np.float32), np.float64(0.25), True, np.random.default_rng(0))
+    assert y.dtype == cache.mask.dtype == np.float32

@@ -143,3 +143,11 @@ def test_fused_rejects_bad_arguments():
         batchnorm_act_forward(x, *args, activation="tanh")
     with pytest.raises(ValueError, match="residual has shape \\(2, 2, 2, 4\\), expected \\(2, 2, 2, 3\\)"):
         batchnorm_act_forward(x, *args, residual=np.zeros((2, 2, 2, 4)))
+
+
+def test_fused_numpy_scalar_hyperparameters_do_not_upcast():
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
+    f32 = [np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(4, np.float32)]
+    out, cache = batchnorm_act_forward(x, *f32, True, np.float64(0.1), np.float64(1e-5), "relu6")
+    assert out.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in batchnorm_act_backward(np.ones_like(out), cache) if g is not None)

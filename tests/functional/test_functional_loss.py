@@ -117,3 +117,9 @@ def test_cross_entropy_rejects_bad_input():
         softmax_cross_entropy(logits, [0, 1], 1.0)
     with pytest.raises(ValueError, match="NaN or infinite"):
         softmax_cross_entropy(np.array([[0.0, np.inf, 0.0], [0, 0, 0]]), [0, 1])
+
+
+def test_cross_entropy_numpy_scalar_smoothing_does_not_upcast():
+    logits = np.zeros((2, 3), np.float32)
+    loss, dlogits = softmax_cross_entropy(logits, np.array([0, 1]), np.float64(0.1))
+    assert loss.dtype == dlogits.dtype == np.float32
