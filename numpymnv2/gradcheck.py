@@ -15,10 +15,12 @@ it does not blow up at coordinates whose true gradient is zero, where a per-coor
 finite-difference round-off by nothing. The outputs are subtracted before they are projected (the second line
 above): outputs that a coordinate does not touch then cancel exactly, and the round-off is that of the touched
 outputs only, about ``u |out_j| / eps`` each (``u`` the float64 unit round-off), not ``u |L| / eps`` of a sum over
-the whole output. For the same reason the denominator is at least ``floor = 4 u max_j |out_j R_j| / eps``: a
-gradient below what a central difference can resolve (say ``1e-200`` after a tiny BatchNorm weight) is reported
-with a small error rather than one of ``1e+60``, since the difference quotient there is pure round-off. Checks run
-in float64: in float32 a central difference has almost no significant digits left.
+the whole output. For the same reason the denominator is at least ``floor = 1024 u max_j |out_j R_j| / eps``
+(about ``2e-7 max_j |out_j R_j|`` with the default ``eps``), a thousand times the round-off of one difference:
+a gradient near or below what a central difference resolves (say ``1e-200`` after a tiny BatchNorm weight, or
+``1e-16`` next to outputs of order 1) is judged on that scale, rather than reported with an error of ``1e+60`` or
+of 100% when the difference quotient is pure round-off. A wrong gradient of ordinary size is unaffected. Checks
+run in float64: in float32 a central difference has almost no significant digits left.
 
 Two ways to call it::
 
@@ -104,8 +106,9 @@ def _pick(size: int, max_coords: int | None, rng: np.random.Generator) -> np.nda
 
 
 def _resolution(out: np.ndarray, R: np.ndarray, eps: float) -> float:
-    """About the smallest derivative a central difference of ``sum(out * R)`` resolves above its round-off."""
-    return 4 * np.finfo(np.float64).eps * float(np.max(np.abs(out * R), initial=0.0)) / eps
+    """A thousand times the round-off of one central difference of ``sum(out * R)``: below this a derivative is
+    not resolved to the digits a relative error of 1e-6 needs."""
+    return 1024 * np.finfo(np.float64).eps * float(np.max(np.abs(out * R), initial=0.0)) / eps
 
 
 def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) -> ArrayReport:
