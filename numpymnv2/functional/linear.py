@@ -29,6 +29,8 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
     -----
     ``y = x W^T + b``; backward ``dL/dW = dy^T x``, ``dL/db = sum_n dy``, ``dL/dx = dy W``.
     """
+    if x.ndim != 2:
+        raise ValueError(f"linear: expected a 2-D input (N, D_in), got shape {x.shape}")
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: weight expects {weight.shape[1]} input features, got input shape {x.shape}")
     y = x @ weight.T

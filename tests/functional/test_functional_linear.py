@@ -71,3 +71,8 @@ def test_linear_matches_torch():
 def test_linear_rejects_feature_mismatch():
     with pytest.raises(ValueError, match="weight expects 5 input features, got input shape \\(2, 3\\)"):
         linear_forward(np.zeros((2, 3)), np.zeros((4, 5)), None)
+
+
+def test_linear_rejects_non_matrix_input():
+    with pytest.raises(ValueError, match="expected a 2-D input \\(N, D_in\\), got shape \\(5,\\)"):
+        linear_forward(np.zeros(5), np.zeros((4, 5)), None)
