@@ -47,6 +47,11 @@ class GradcheckError(AssertionError):
 
 @dataclasses.dataclass
 class ArrayReport:
+    """The comparison for one array: ``input``/``input<i>`` or a parameter's qualified name.
+
+    ``max_rel_error`` is normwise (see the module docstring); ``worst_index`` is the coordinate with the largest
+    absolute difference, where ``analytic`` (from backward) and ``numeric`` (central difference) are shown.
+    """
     name: str
     shape: tuple
     checked: int              # coordinates compared

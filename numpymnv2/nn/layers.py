@@ -399,7 +399,7 @@ class ConvBNAct(Module):
         h = self.conv(x)
         bn, backend = self.bn, ops()
         check_array(h, self.label, channels=bn.num_features, finite=False, what="convolution output")
-        if self.training:
+        if bn.training:
             _check_batch_statistics(h, self.label)
         if residual is not None:
             check_array(residual, self.label, dtype=h.dtype, finite=False, what="residual")
@@ -407,9 +407,9 @@ class ConvBNAct(Module):
                 raise ValueError(f"{self.label}: expected a residual of shape {h.shape} (the output's shape), "
                                  f"got {residual.shape}")
         out, cache = backend.batchnorm_act_forward(h, bn.weight.data, bn.bias.data, bn.running_mean,
-                                                   bn.running_var, self.training, bn.momentum, bn.eps,
+                                                   bn.running_var, bn.training, bn.momentum, bn.eps,
                                                    self.activation, residual)
-        if self.training:
+        if bn.training:                      # the BatchNorm child's mode decides, as in torchvision
             bn.num_batches_tracked += 1
         object.__setattr__(self, "_cache", cache)
         object.__setattr__(self, "_ops", backend)

@@ -324,3 +324,12 @@ def test_conv_bn_act_residual_errors_name_the_layer():
         layer(x, np.zeros((2, 3, 3, 3)))
     with pytest.raises(TypeError, match=r"ConvBNAct\(features\.3\): expected a float64 residual"):
         layer(x, np.zeros((2, 3, 3, 4), np.float32))
+
+
+def test_conv_bn_act_follows_its_batchnorm_mode():
+    layer = ConvBNAct(PointwiseConv2d(3, 3, rng=0, dtype=F64), 3, None)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 2, 2, 3))
+    layer.bn.eval()                      # only the BatchNorm child in evaluation mode
+    out = layer(x)
+    assert int(layer.bn.num_batches_tracked) == 0
+    np.testing.assert_allclose(out, layer.conv(x) / np.sqrt(1 + 1e-5), rtol=1e-12)
