@@ -14,9 +14,10 @@ The relative error reported for an array is normwise, ``max_i |analytic_i - nume
 it does not blow up at coordinates whose true gradient is zero, where a per-coordinate ratio would divide the
 finite-difference round-off by nothing. The outputs are subtracted before they are projected (the second line
 above): outputs that a coordinate does not touch then cancel exactly, and the round-off is that of the touched
-outputs only, about ``u |out_j| / eps`` each (``u`` the float64 unit round-off), not ``u |L| / eps`` of a sum over
-the whole output. For the same reason the denominator is at least ``floor = 1024 u max_j |out_j R_j| / eps``
-(about ``2e-7 max_j |out_j R_j|`` with the default ``eps``), a thousand times the round-off of one difference:
+outputs only, about ``u |out_j| / eps`` each (``u = 2.2e-16``, float64's machine epsilon), not ``u |L| / eps`` of
+a sum over the whole output. For the same reason the denominator is at least
+``floor = 1024 u max_j |out_j R_j| / eps`` (about ``2e-7 max_j |out_j R_j|`` with the default ``eps``), a thousand
+times the round-off of one difference:
 a gradient near or below what a central difference resolves (say ``1e-200`` after a tiny BatchNorm weight, or
 ``1e-16`` next to outputs of order 1) is judged on that scale, rather than reported with an error of ``1e+60`` or
 of 100% when the difference quotient is pure round-off. A wrong gradient of ordinary size is unaffected. Checks
