@@ -1,0 +1,96 @@
+"""Thread pools of the fast backend, tamed once when :mod:`numpymnv2.kernels` is first imported.
+
+Why
+---
+A training step alternates BLAS matrix products (the pointwise convolutions) with Numba parallel kernels
+(depthwise, BatchNorm), a few hundred times per step. Each runtime keeps its own worker threads, and after a
+parallel region those workers *spin* waiting for more work: NumPy's OpenBLAS workers spin for about 0.1 s of
+CPU after every product (measured here), and an OpenMP pool spins too. On a 2-core machine a Numba kernel that
+starts right after a product then shares its cores with spinning threads. Measured on this project's 2-core
+machine, a train step at batch 32, 32x32, width 1.0 took 6-9 s with Numba's default layer (OpenMP) and NumPy's
+default OpenBLAS pool, against about 0.06-0.1 s tamed (see ``benchmarks/README.md``).
+
+What :func:`configure` does (each step skipped when the user already decided)
+---------------------------------------------------------------------------------
+1. Numba threading layer ``"workqueue"``: its workers sleep on a condition variable instead of spinning, so
+   they leave the cores to BLAS as soon as a kernel ends. Skipped when ``NUMBA_THREADING_LAYER`` is set or
+   Numba's pool already started. The workqueue layer must not be entered by two Python threads at once, so
+   every kernel launch of this package holds :data:`LAUNCH_LOCK`.
+2. OpenBLAS (NumPy's BLAS, found with ``threadpoolctl``) limited to one thread, so no BLAS worker spins while a
+   Numba kernel runs. Skipped when an ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` variable is set. The
+   limit stays for the process: a user who wants NumPy's own BLAS threads back calls
+   ``threadpoolctl.threadpool_limits(None, "blas")``.
+
+``NUMPYMNV2_THREADING=off`` in the environment turns all of this off (the benchmarks use it to measure the
+effect). :func:`info` reports what was decided.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numba
+
+LAUNCH_LOCK = threading.Lock()
+_decisions: dict = {}
+
+
+def num_chunks(rows: int) -> int:
+    """How many per-thread partial sums a reduction over ``rows`` rows keeps (Numba's thread count, at most rows)."""
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+def _numba_pool_started() -> bool:
+    from numba.np.ufunc import parallel
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+def configure() -> dict:
+    """Apply the thread-pool settings described in the module docstring once; return the decisions."""
+    if _decisions:
+        return _decisions
+    if os.environ.get("NUMPYMNV2_THREADING", "").lower() in ("off", "0", "no", "false"):
+        _decisions["numpymnv2_threading"] = "off (NUMPYMNV2_THREADING)"
+        return _decisions
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        _decisions["numba_threading_layer"] = f"{os.environ['NUMBA_THREADING_LAYER']} (NUMBA_THREADING_LAYER)"
+    elif _numba_pool_started():
+        _decisions["numba_threading_layer"] = "unchanged (Numba's pool was already running)"
+    else:
+        numba.config.THREADING_LAYER = "workqueue"
+        _decisions["numba_threading_layer"] = "workqueue"
+    if any(os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        _decisions["openblas_threads"] = "unchanged (OPENBLAS_NUM_THREADS/OMP_NUM_THREADS set)"
+    else:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _decisions["openblas_threads"] = "unchanged (threadpoolctl not installed)"
+        else:
+            openblas = ThreadpoolController().select(internal_api="openblas")
+            if openblas.lib_controllers:
+                openblas.limit(limits=1)
+                _decisions["openblas_threads"] = 1
+            else:
+                _decisions["openblas_threads"] = "unchanged (no OpenBLAS loaded)"
+    return _decisions
+
+
+def info() -> dict:
+    """The decisions of :func:`configure`, plus Numba's thread count and, once a kernel ran, its threading layer."""
+    out = dict(_decisions)
+    out["numba_num_threads"] = numba.get_num_threads()
+    if _numba_pool_started():
+        out["numba_threading_layer_running"] = numba.threading_layer()
+    return out
+
+
+def serialized(function):
+    """Run ``function`` holding :data:`LAUNCH_LOCK` (one kernel launch at a time, as the workqueue layer needs)."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with LAUNCH_LOCK:
+            return function(*args, **kwargs)
+    return wrapper

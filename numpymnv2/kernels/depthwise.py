@@ -1,0 +1,204 @@
+"""Depthwise convolution, Numba kernels with the contract of :mod:`numpymnv2.functional.depthwise`.
+
+The equations are those of :func:`numpymnv2.functional.depthwise.depthwise_conv2d_forward`; here each is one
+pass over memory in which the innermost loop runs over the contiguous channel axis ``c`` (``range(C)``, indexed
+``x[n, h, w, c]`` so LLVM vectorises it). The padding is never materialised: each output pixel only visits the
+taps that fall inside the image. Work is split over output rows ``(n, i)`` so threads never write the same
+memory; the weight gradient, a sum over every pixel, keeps one partial sum per thread and adds them at the end.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from numpymnv2._checks import conv_output_size
+from numpymnv2.functional.depthwise import DepthwiseCache
+from numpymnv2.kernels._threads import num_chunks, serialized
+
+
+@njit(cache=True)
+def _first_valid(p, b, s):
+    """Smallest output index ``j >= 0`` whose input column ``s j - p + b`` is ``>= 0``."""
+    t = p - b
+    if t <= 0:
+        return 0
+    return (t + s - 1) // s
+
+
+@njit(cache=True)
+def _end_valid(size, p, b, s, size_out):
+    """One past the largest output index ``j < size_out`` whose input column ``s j - p + b`` is ``< size``."""
+    t = size - 1 + p - b
+    if t < 0:
+        return 0
+    return min(size_out, t // s + 1)
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_forward(x, w, s, p, out):
+    # out[n, i, j, c] = sum_{a, b} w[a, b, c] * x[n, s i - p + a, s j - p + b, c]   (taps inside the image)
+    N, H, W, C = x.shape
+    K = w.shape[0]
+    H_out, W_out = out.shape[1], out.shape[2]
+    for r in prange(N * H_out):
+        n = r // H_out
+        i = r - n * H_out
+        h0 = s * i - p
+        a_lo = max(0, -h0)
+        a_hi = min(K, H - h0)
+        for j in range(W_out):
+            w0 = s * j - p
+            b_lo = max(0, -w0)
+            b_hi = min(K, W - w0)
+            if K == 3 and a_lo == 0 and a_hi == 3 and b_lo == 0 and b_hi == 3:
+                # interior pixel of a 3x3 filter: the nine taps in one expression, one store per output
+                for c in range(C):
+                    out[n, i, j, c] = (w[0, 0, c] * x[n, h0, w0, c] + w[0, 1, c] * x[n, h0, w0 + 1, c]
+                                       + w[0, 2, c] * x[n, h0, w0 + 2, c]
+                                       + w[1, 0, c] * x[n, h0 + 1, w0, c] + w[1, 1, c] * x[n, h0 + 1, w0 + 1, c]
+                                       + w[1, 2, c] * x[n, h0 + 1, w0 + 2, c]
+                                       + w[2, 0, c] * x[n, h0 + 2, w0, c] + w[2, 1, c] * x[n, h0 + 2, w0 + 1, c]
+                                       + w[2, 2, c] * x[n, h0 + 2, w0 + 2, c])
+                continue
+            for c in range(C):
+                out[n, i, j, c] = 0
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    for c in range(C):
+                        out[n, i, j, c] += w[a, b, c] * x[n, h0 + a, w0 + b, c]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_backward_input(dout, w, s, p, dx):
+    # dL/dx[n, h, v, c] = sum over taps (a, b) with h = s i - p + a, v = s j - p + b of dout[n, i, j, c] w[a, b, c]
+    # (a gather: each input pixel collects from the outputs that read it, so no two threads write one pixel)
+    N, H, W, C = dx.shape
+    K = w.shape[0]
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    for r in prange(N * H):
+        n = r // H
+        h = r - n * H
+        i0 = h + p - (K - 1)          # the output row read through tap a = K - 1 when s == 1
+        for v in range(W):
+            j0 = v + p - (K - 1)
+            if K == 3 and s == 1 and i0 >= 0 and i0 + 2 < H_out and j0 >= 0 and j0 + 2 < W_out:
+                # interior, stride 1: dout rows i0 .. i0 + 2 meet taps a = 2 .. 0 (the filter flipped)
+                for c in range(C):
+                    dx[n, h, v, c] = (w[2, 2, c] * dout[n, i0, j0, c] + w[2, 1, c] * dout[n, i0, j0 + 1, c]
+                                      + w[2, 0, c] * dout[n, i0, j0 + 2, c]
+                                      + w[1, 2, c] * dout[n, i0 + 1, j0, c] + w[1, 1, c] * dout[n, i0 + 1, j0 + 1, c]
+                                      + w[1, 0, c] * dout[n, i0 + 1, j0 + 2, c]
+                                      + w[0, 2, c] * dout[n, i0 + 2, j0, c] + w[0, 1, c] * dout[n, i0 + 2, j0 + 1, c]
+                                      + w[0, 0, c] * dout[n, i0 + 2, j0 + 2, c])
+                continue
+            for c in range(C):
+                dx[n, h, v, c] = 0
+            for a in range(K):
+                t = h + p - a
+                if t < 0 or t % s != 0:
+                    continue
+                i = t // s
+                if i >= H_out:
+                    continue
+                for b in range(K):
+                    u = v + p - b
+                    if u < 0 or u % s != 0:
+                        continue
+                    j = u // s
+                    if j >= W_out:
+                        continue
+                    for c in range(C):
+                        dx[n, h, v, c] += dout[n, i, j, c] * w[a, b, c]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_backward_weight(x, dout, K, s, p, partial):
+    # dL/dw[a, b, c] = sum_{n, i, j} dout[n, i, j, c] * x[n, s i - p + a, s j - p + b, c]
+    # partial[t] is thread t's sum over its block of output rows, accumulated in float64 one row at a time.
+    N, H, W, C = x.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    n_chunks = partial.shape[0]
+    rows = N * H_out
+    for t in prange(n_chunks):
+        row_sum = np.empty((K, K, C), dtype=x.dtype)
+        for r in range(t * rows // n_chunks, (t + 1) * rows // n_chunks):
+            n = r // H_out
+            i = r - n * H_out
+            h0 = s * i - p
+            a_lo = max(0, -h0)
+            a_hi = min(K, H - h0)
+            for a in range(K):
+                for b in range(K):
+                    for c in range(C):
+                        row_sum[a, b, c] = 0
+            for a in range(a_lo, a_hi):
+                for b in range(K):
+                    j_lo = _first_valid(p, b, s)
+                    j_hi = _end_valid(W, p, b, s, W_out)
+                    for j in range(j_lo, j_hi):
+                        for c in range(C):
+                            row_sum[a, b, c] += dout[n, i, j, c] * x[n, h0 + a, s * j - p + b, c]
+            for a in range(a_lo, a_hi):
+                for b in range(K):
+                    for c in range(C):
+                        partial[t, a, b, c] += row_sum[a, b, c]
+
+
+@serialized
+def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 1):
+    """Depthwise convolution (groups = channels), no bias; the fast path of
+    :func:`numpymnv2.functional.depthwise.depthwise_conv2d_forward` (same arguments, results and cache).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, H, W, C)
+    w : ndarray, shape (K, K, C)
+    stride, padding : int
+
+    Returns
+    -------
+    out : ndarray, shape (N, H_out, W_out, C), dtype of ``x``
+    cache : DepthwiseCache
+    """
+    N, H, W, C = x.shape
+    K = w.shape[0]
+    if w.shape != (K, K, C):
+        raise ValueError(f"depthwise_conv2d: expected weight shape (K, K, {C}) for input shape {x.shape}, "
+                         f"got {w.shape}")
+    s, p = int(stride), int(padding)
+    H_out = conv_output_size(H, K, s, p, "depthwise_conv2d", "H")
+    W_out = conv_output_size(W, K, s, p, "depthwise_conv2d", "W")
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w, dtype=x.dtype)
+    out = np.empty((N, H_out, W_out, C), dtype=x.dtype)
+    _depthwise_forward(x, w, s, p, out)
+    return out, DepthwiseCache(x, w, s, p)
+
+
+@serialized
+def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
+    """Gradients of :func:`depthwise_conv2d_forward`; see
+    :func:`numpymnv2.functional.depthwise.depthwise_conv2d_backward` for the equations.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, H_out, W_out, C)
+    cache : DepthwiseCache
+
+    Returns
+    -------
+    dx : ndarray, shape (N, H, W, C)
+    dw : ndarray, shape (K, K, C)
+    """
+    x, w, s, p = cache
+    K = w.shape[0]
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty_like(x)
+    _depthwise_backward_input(dout, w, s, p, dx)
+    partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1]), K, K, x.shape[3]), dtype=np.float64)
+    _depthwise_backward_weight(x, dout, K, s, p, partial)
+    dw = partial.sum(axis=0).astype(x.dtype)
+    return dx, dw
+
+
+__all__ = ["depthwise_conv2d_backward", "depthwise_conv2d_forward"]

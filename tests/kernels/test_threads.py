@@ -1,0 +1,53 @@
+"""The thread-pool settings are applied and kernels can be called from several Python threads at once."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from numpymnv2 import functional as F
+from numpymnv2 import kernels as K
+from numpymnv2.kernels import _threads
+
+
+def test_decisions_are_reported():
+    info = _threads.info()
+    assert "numba_num_threads" in info
+    if not os.environ.get("NUMPYMNV2_THREADING") and not os.environ.get("NUMBA_THREADING_LAYER"):
+        assert info["numba_threading_layer"] in ("workqueue", "unchanged (Numba's pool was already running)")
+
+
+def test_fresh_process_gets_workqueue_and_one_blas_thread():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_THREADING", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    code = ("import numpymnv2.kernels as K, numpymnv2.kernels._threads as t, numba; "
+            "print(t.info()['numba_threading_layer'], t.info()['openblas_threads'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    layer, blas = out.split()
+    assert layer == "workqueue"
+    assert blas in ("1", "unchanged")
+
+
+def test_kernels_from_several_python_threads():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 6, 8))
+    w = rng.standard_normal((3, 3, 8))
+    expected, _ = F.depthwise_conv2d_forward(x, w, 1, 1)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                out, cache = K.depthwise_conv2d_forward(x, w, 1, 1)
+                K.depthwise_conv2d_backward(out, cache)
+                np.testing.assert_allclose(out, expected, atol=1e-12)
+        except Exception as exc:  # reported below, a thread cannot fail the test by itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
