@@ -26,18 +26,56 @@ effect). :func:`info` reports what was decided.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import types
 
 import numba
+from numba import njit
 
 LAUNCH_LOCK = threading.Lock()
 _decisions: dict = {}
 
 
-def num_chunks(rows: int) -> int:
-    """How many per-thread partial sums a reduction over ``rows`` rows keeps (Numba's thread count, at most rows)."""
+# Below this many elements of work a kernel runs serially in the calling thread: waking the pool costs more
+# than it saves, and on a loaded machine a parallel launch waits for a worker that may not be scheduled.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+def num_chunks(rows: int, work: int) -> int:
+    """How many per-thread partial sums a reduction over ``rows`` rows keeps: 1 for serial work, else Numba's
+    thread count (at most ``rows``)."""
+    if work < PARALLEL_MIN_WORK:
+        return 1
     return max(1, min(numba.get_num_threads(), rows))
+
+
+class Kernel:
+    """A kernel compiled twice, ``parallel=True`` and serial; :meth:`pick` chooses by the amount of work.
+
+    The serial copy gets its own qualified name so the two do not share an on-disk cache entry (Numba's cache
+    key is the function's name and bytecode, not its compile flags).
+    """
+
+    def __init__(self, py_func):
+        clone = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
+                                   py_func.__defaults__, py_func.__closure__)
+        clone.__qualname__ = py_func.__qualname__ + "_serial"
+        clone.__module__ = py_func.__module__
+        clone.__doc__ = py_func.__doc__
+        self.parallel = njit(cache=True, parallel=True)(py_func)
+        self.serial = njit(cache=True)(clone)
+        functools.update_wrapper(self, py_func)
+
+    def pick(self, work: int):
+        """The parallel kernel for at least :data:`PARALLEL_MIN_WORK` elements of work, else the serial one."""
+        return self.parallel if work >= PARALLEL_MIN_WORK else self.serial
+
+
+def kernel(py_func) -> Kernel:
+    """Decorator: compile ``py_func`` as a :class:`Kernel` (parallel and serial, both cached)."""
+    return Kernel(py_func)
 
 
 def _numba_pool_started() -> bool:

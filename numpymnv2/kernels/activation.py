@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from numpymnv2.functional.activation import ActivationCache
-from numpymnv2.kernels._threads import serialized
+from numpymnv2.kernels._threads import kernel, serialized
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _relu6(x, y):
     # y = min(max(x, 0), 6), over the raveled (contiguous) arrays in blocks
     n = x.shape[0]
@@ -18,7 +18,7 @@ def _relu6(x, y):
             y[i] = min(max(x[i], 0), 6)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _relu6_grad(dy, x, dx):
     # dx = dy [0 < x < 6]
     n = x.shape[0]
@@ -34,7 +34,7 @@ def relu6_forward(x: np.ndarray):
     """``y = min(max(x, 0), 6)``; same contract as :func:`numpymnv2.functional.activation.relu6_forward`."""
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    _relu6(x.reshape(-1), y.reshape(-1))
+    _relu6.pick(x.size)(x.reshape(-1), y.reshape(-1))
     return y, ActivationCache(x)
 
 
@@ -44,7 +44,7 @@ def relu6_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     x = cache.x
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dx = np.empty_like(x)
-    _relu6_grad(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    _relu6_grad.pick(x.size)(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx
 
 

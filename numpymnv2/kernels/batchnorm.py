@@ -16,12 +16,12 @@ import numpy as np
 from numba import njit, prange
 
 from numpymnv2.functional.batchnorm import BatchNormCache
-from numpymnv2.kernels._threads import num_chunks, serialized
+from numpymnv2.kernels._threads import kernel, num_chunks, serialized
 
 ACT_CODES = {None: 0, "relu6": 1, "relu": 2}
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _channel_sums(x, shift, partial):
     # partial[t, 0, c] = sum (x - shift[c]),  partial[t, 1, c] = sum (x - shift[c])^2  over thread t's rows
     N, H, W, C = x.shape
@@ -46,7 +46,7 @@ def _channel_sums(x, shift, partial):
                 partial[t, 1, c] += s2[c]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _normalize_act(x, mean, inv_std, gamma, beta, act, residual, has_residual, y, x_hat):
     # x_hat = (x - mean) inv_std;  y = act(gamma x_hat + beta) (+ residual)
     N, H, W, C = x.shape
@@ -77,7 +77,7 @@ def _act_grad(g, z, act):
     return g
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _grad_sums(dout, x_hat, gamma, beta, act, partial):
     # dy = dout act'(gamma x_hat + beta);  partial[t, 0] = sum dy,  partial[t, 1] = sum dy x_hat
     N, H, W, C = dout.shape
@@ -103,7 +103,7 @@ def _grad_sums(dout, x_hat, gamma, beta, act, partial):
                 partial[t, 1, c] += s2[c]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _input_grad_train(dout, x_hat, gamma, beta, act, k_dy, k_0, k_xhat, dx):
     # dx = (gamma inv_std / M) (M dy - dbeta - x_hat dgamma) = k_dy dy - k_0 - k_xhat x_hat
     N, H, W, C = dout.shape
@@ -117,7 +117,7 @@ def _input_grad_train(dout, x_hat, gamma, beta, act, k_dy, k_0, k_xhat, dx):
                 dx[n, h, v, c] = k_dy[c] * dy - k_0[c] - k_xhat[c] * xh
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _backward_eval(dout, x_hat, gamma, beta, act, k_dy, dx, partial):
     # constant statistics: dx = gamma inv_std dy, and the parameter sums in the same pass
     N, H, W, C = dout.shape
@@ -144,8 +144,44 @@ def _backward_eval(dout, x_hat, gamma, beta, act, k_dy, dx, partial):
                 partial[t, 1, c] += s2[c]
 
 
-def _contiguous(a, dtype):
-    return np.ascontiguousarray(a, dtype=dtype)
+@njit(cache=True)
+def _batch_statistics(partial, shift, M, momentum, eps, running_mean, running_var, mean, inv_std):
+    # mu = shift + E[d], var = E[d^2] - E[d]^2 with d = x - shift (biased); running statistics updated in place
+    # with the unbiased variance var M / (M - 1); mean and inv_std written in the input's dtype
+    C = shift.shape[0]
+    for c in range(C):
+        s1 = 0.0
+        s2 = 0.0
+        for t in range(partial.shape[0]):
+            s1 += partial[t, 0, c]
+            s2 += partial[t, 1, c]
+        d_mean = s1 / M
+        mu = shift[c] + d_mean
+        var = max(s2 / M - d_mean * d_mean, 0.0)
+        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mu
+        running_var[c] = (1 - momentum) * running_var[c] + (momentum * M / (M - 1)) * var
+        mean[c] = mu
+        var_t = mean.dtype.type(var)  # as the reference: var in the input's dtype, then 1 / sqrt(var + eps)
+        inv_std[c] = 1 / np.sqrt(var_t + mean.dtype.type(eps))
+
+
+@njit(cache=True)
+def _parameter_gradients(partial, gamma, inv_std, M, training, dgamma, dbeta, k_dy, k_0, k_xhat):
+    # dbeta = sum dy, dgamma = sum dy x_hat; dx = k_dy dy - k_0 - k_xhat x_hat with, in training mode,
+    # k_dy = gamma inv_std, k_0 = gamma inv_std dbeta / M, k_xhat = gamma inv_std dgamma / M (else k_0 = k_xhat = 0)
+    C = gamma.shape[0]
+    for c in range(C):
+        s1 = 0.0
+        s2 = 0.0
+        for t in range(partial.shape[0]):
+            s1 += partial[t, 0, c]
+            s2 += partial[t, 1, c]
+        dbeta[c] = s1
+        dgamma[c] = s2
+        g = np.float64(gamma[c]) * inv_std[c]
+        k_dy[c] = g
+        k_0[c] = g * s1 / M if training else 0.0
+        k_xhat[c] = g * s2 / M if training else 0.0
 
 
 def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, act, residual):
@@ -153,33 +189,27 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
     dt = x.dtype
     N, H, W, C = x.shape
     x = np.ascontiguousarray(x)
+    work = x.size
+    mean = np.empty(C, dtype=dt)
+    inv_std = np.empty(C, dtype=dt)
     if training:
         M = N * H * W
         if M < 2:
             raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
                              f"{x.shape}")
-        shift = x[0, 0, 0].astype(np.float64)
-        partial = np.zeros((num_chunks(N * H), 2, C), dtype=np.float64)
-        _channel_sums(x, shift.astype(dt), partial)
-        s1, s2 = partial.sum(axis=0)
-        d_mean = s1 / M
-        mu = shift + d_mean
-        var = np.maximum(s2 / M - d_mean * d_mean, 0.0)
-        running_mean *= 1 - momentum
-        running_mean += (momentum * mu).astype(running_mean.dtype)
-        running_var *= 1 - momentum
-        running_var += ((momentum * M / (M - 1)) * var).astype(running_var.dtype)
-        mean = mu.astype(dt)
-        inv_std = (1 / np.sqrt(var.astype(dt) + dt.type(eps))).astype(dt)
+        shift = x[0, 0, 0].copy()
+        partial = np.zeros((num_chunks(N * H, work), 2, C), dtype=np.float64)
+        _channel_sums.pick(work)(x, shift, partial)
+        _batch_statistics(partial, shift, M, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
     else:
-        mean = _contiguous(running_mean, dt)
-        inv_std = (1 / np.sqrt(running_var + dt.type(eps))).astype(dt)
+        mean[:] = running_mean
+        inv_std[:] = 1 / np.sqrt(running_var + dt.type(eps))
     y = np.empty_like(x)
     x_hat = np.empty_like(x)
     has_residual = residual is not None
     res = np.ascontiguousarray(residual, dtype=dt) if has_residual else x
-    _normalize_act(x, mean, inv_std, _contiguous(gamma, dt), _contiguous(beta, dt), act, res, has_residual,
-                   y, x_hat)
+    _normalize_act.pick(work)(x, mean, inv_std, np.ascontiguousarray(gamma, dtype=dt),
+                              np.ascontiguousarray(beta, dtype=dt), act, res, has_residual, y, x_hat)
     return y, x_hat, inv_std
 
 
@@ -187,26 +217,26 @@ def bn_act_backward(dout, x_hat, inv_std, gamma, beta, training, act):
     """Shared body of the BatchNorm backwards: ``(dx, dgamma, dbeta)``."""
     dt = x_hat.dtype
     N, H, W, C = x_hat.shape
+    work = x_hat.size
     dout = np.ascontiguousarray(dout, dtype=dt)
-    gamma = _contiguous(gamma, dt)
-    beta = _contiguous(beta, dt)
-    partial = np.zeros((num_chunks(N * H), 2, C), dtype=np.float64)
+    gamma = np.ascontiguousarray(gamma, dtype=dt)
+    beta = np.ascontiguousarray(beta, dtype=dt)
+    partial = np.zeros((num_chunks(N * H, work), 2, C), dtype=np.float64)
     dx = np.empty_like(x_hat)
-    k_dy = (gamma * inv_std).astype(dt)
+    dgamma, dbeta = np.empty(C, dtype=dt), np.empty(C, dtype=dt)
+    k_dy, k_0, k_xhat = np.empty(C, dtype=dt), np.empty(C, dtype=dt), np.empty(C, dtype=dt)
     if not training:
-        _backward_eval(dout, x_hat, gamma, beta, act, k_dy, dx, partial)
-        dbeta, dgamma = partial.sum(axis=0)
-        return dx, dgamma.astype(dt), dbeta.astype(dt)
-    _grad_sums(dout, x_hat, gamma, beta, act, partial)
-    dbeta, dgamma = partial.sum(axis=0)
-    M = N * H * W
-    g = gamma.astype(np.float64) * inv_std / M
-    _input_grad_train(dout, x_hat, gamma, beta, act, (g * M).astype(dt), (g * dbeta).astype(dt),
-                      (g * dgamma).astype(dt), dx)
-    return dx, dgamma.astype(dt), dbeta.astype(dt)
+        # constant statistics: dx = gamma inv_std dy, computed in the same pass as the sums
+        np.multiply(gamma, inv_std, out=k_dy)
+        _backward_eval.pick(work)(dout, x_hat, gamma, beta, act, k_dy, dx, partial)
+        _parameter_gradients(partial, gamma, inv_std, N * H * W, False, dgamma, dbeta, k_dy, k_0, k_xhat)
+        return dx, dgamma, dbeta
+    _grad_sums.pick(work)(dout, x_hat, gamma, beta, act, partial)
+    _parameter_gradients(partial, gamma, inv_std, N * H * W, True, dgamma, dbeta, k_dy, k_0, k_xhat)
+    _input_grad_train.pick(work)(dout, x_hat, gamma, beta, act, k_dy, k_0, k_xhat, dx)
+    return dx, dgamma, dbeta
 
 
-@serialized
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                       running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5):
     """BatchNorm over ``(N, H, W)`` per channel; the fast path of

@@ -13,7 +13,22 @@ from numba import njit, prange
 
 from numpymnv2._checks import conv_output_size
 from numpymnv2.functional.depthwise import DepthwiseCache
-from numpymnv2.kernels._threads import num_chunks, serialized
+from numpymnv2.kernels._threads import kernel, num_chunks, serialized
+
+
+@njit(cache=True)
+def _clamp3(start, size):
+    """Rows ``start, start + 1, start + 2`` clamped into ``[0, size)``."""
+    return (min(max(start, 0), size - 1), min(max(start + 1, 0), size - 1), min(max(start + 2, 0), size - 1))
+
+
+@njit(cache=True)
+def _inside3(start, size, one):
+    """``one`` (1 in the arrays' dtype) for each of the rows ``start, start + 1, start + 2`` inside ``[0, size)``,
+    else 0."""
+    zero = one - one
+    return (one if 0 <= start < size else zero, one if 0 <= start + 1 < size else zero,
+            one if 0 <= start + 2 < size else zero)
 
 
 @njit(cache=True)
@@ -34,12 +49,13 @@ def _end_valid(size, p, b, s, size_out):
     return min(size_out, t // s + 1)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _depthwise_forward(x, w, s, p, out):
     # out[n, i, j, c] = sum_{a, b} w[a, b, c] * x[n, s i - p + a, s j - p + b, c]   (taps inside the image)
     N, H, W, C = x.shape
     K = w.shape[0]
     H_out, W_out = out.shape[1], out.shape[2]
+    one = out.dtype.type(1)
     for r in prange(N * H_out):
         n = r // H_out
         i = r - n * H_out
@@ -50,15 +66,32 @@ def _depthwise_forward(x, w, s, p, out):
             w0 = s * j - p
             b_lo = max(0, -w0)
             b_hi = min(K, W - w0)
-            if K == 3 and a_lo == 0 and a_hi == 3 and b_lo == 0 and b_hi == 3:
-                # interior pixel of a 3x3 filter: the nine taps in one expression, one store per output
+            if K == 3:
+                if a_lo == 0 and a_hi == 3 and b_lo == 0 and b_hi == 3:
+                    # interior pixel of a 3x3 filter: the nine taps in one expression, one store per output
+                    for c in range(C):
+                        out[n, i, j, c] = (w[0, 0, c] * x[n, h0, w0, c] + w[0, 1, c] * x[n, h0, w0 + 1, c]
+                                           + w[0, 2, c] * x[n, h0, w0 + 2, c]
+                                           + w[1, 0, c] * x[n, h0 + 1, w0, c]
+                                           + w[1, 1, c] * x[n, h0 + 1, w0 + 1, c]
+                                           + w[1, 2, c] * x[n, h0 + 1, w0 + 2, c]
+                                           + w[2, 0, c] * x[n, h0 + 2, w0, c]
+                                           + w[2, 1, c] * x[n, h0 + 2, w0 + 1, c]
+                                           + w[2, 2, c] * x[n, h0 + 2, w0 + 2, c])
+                    continue
+                # border pixel: the same expression with taps outside the image read at a clamped position and
+                # multiplied by 0 (x is finite), which avoids a read-modify-write of out per tap
+                r0, r1, r2 = _clamp3(h0, H)
+                q0, q1, q2 = _clamp3(w0, W)
+                m0, m1, m2 = _inside3(h0, H, one)
+                e0, e1, e2 = _inside3(w0, W, one)
                 for c in range(C):
-                    out[n, i, j, c] = (w[0, 0, c] * x[n, h0, w0, c] + w[0, 1, c] * x[n, h0, w0 + 1, c]
-                                       + w[0, 2, c] * x[n, h0, w0 + 2, c]
-                                       + w[1, 0, c] * x[n, h0 + 1, w0, c] + w[1, 1, c] * x[n, h0 + 1, w0 + 1, c]
-                                       + w[1, 2, c] * x[n, h0 + 1, w0 + 2, c]
-                                       + w[2, 0, c] * x[n, h0 + 2, w0, c] + w[2, 1, c] * x[n, h0 + 2, w0 + 1, c]
-                                       + w[2, 2, c] * x[n, h0 + 2, w0 + 2, c])
+                    out[n, i, j, c] = (m0 * (e0 * w[0, 0, c] * x[n, r0, q0, c] + e1 * w[0, 1, c] * x[n, r0, q1, c]
+                                             + e2 * w[0, 2, c] * x[n, r0, q2, c])
+                                       + m1 * (e0 * w[1, 0, c] * x[n, r1, q0, c] + e1 * w[1, 1, c] * x[n, r1, q1, c]
+                                               + e2 * w[1, 2, c] * x[n, r1, q2, c])
+                                       + m2 * (e0 * w[2, 0, c] * x[n, r2, q0, c] + e1 * w[2, 1, c] * x[n, r2, q1, c]
+                                               + e2 * w[2, 2, c] * x[n, r2, q2, c]))
                 continue
             for c in range(C):
                 out[n, i, j, c] = 0
@@ -68,28 +101,47 @@ def _depthwise_forward(x, w, s, p, out):
                         out[n, i, j, c] += w[a, b, c] * x[n, h0 + a, w0 + b, c]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _depthwise_backward_input(dout, w, s, p, dx):
     # dL/dx[n, h, v, c] = sum over taps (a, b) with h = s i - p + a, v = s j - p + b of dout[n, i, j, c] w[a, b, c]
     # (a gather: each input pixel collects from the outputs that read it, so no two threads write one pixel)
     N, H, W, C = dx.shape
     K = w.shape[0]
     H_out, W_out = dout.shape[1], dout.shape[2]
+    one = dx.dtype.type(1)
     for r in prange(N * H):
         n = r // H
         h = r - n * H
         i0 = h + p - (K - 1)          # the output row read through tap a = K - 1 when s == 1
         for v in range(W):
             j0 = v + p - (K - 1)
-            if K == 3 and s == 1 and i0 >= 0 and i0 + 2 < H_out and j0 >= 0 and j0 + 2 < W_out:
-                # interior, stride 1: dout rows i0 .. i0 + 2 meet taps a = 2 .. 0 (the filter flipped)
+            if K == 3 and s == 1:
+                # stride 1: dout rows i0 .. i0 + 2 meet taps a = 2 .. 0 (the filter flipped); at the border the
+                # rows outside dout are read clamped and multiplied by 0, as in the forward kernel
+                if i0 >= 0 and i0 + 2 < H_out and j0 >= 0 and j0 + 2 < W_out:
+                    for c in range(C):
+                        dx[n, h, v, c] = (w[2, 2, c] * dout[n, i0, j0, c] + w[2, 1, c] * dout[n, i0, j0 + 1, c]
+                                          + w[2, 0, c] * dout[n, i0, j0 + 2, c]
+                                          + w[1, 2, c] * dout[n, i0 + 1, j0, c]
+                                          + w[1, 1, c] * dout[n, i0 + 1, j0 + 1, c]
+                                          + w[1, 0, c] * dout[n, i0 + 1, j0 + 2, c]
+                                          + w[0, 2, c] * dout[n, i0 + 2, j0, c]
+                                          + w[0, 1, c] * dout[n, i0 + 2, j0 + 1, c]
+                                          + w[0, 0, c] * dout[n, i0 + 2, j0 + 2, c])
+                    continue
+                r0, r1, r2 = _clamp3(i0, H_out)
+                q0, q1, q2 = _clamp3(j0, W_out)
+                m0, m1, m2 = _inside3(i0, H_out, one)
+                e0, e1, e2 = _inside3(j0, W_out, one)
                 for c in range(C):
-                    dx[n, h, v, c] = (w[2, 2, c] * dout[n, i0, j0, c] + w[2, 1, c] * dout[n, i0, j0 + 1, c]
-                                      + w[2, 0, c] * dout[n, i0, j0 + 2, c]
-                                      + w[1, 2, c] * dout[n, i0 + 1, j0, c] + w[1, 1, c] * dout[n, i0 + 1, j0 + 1, c]
-                                      + w[1, 0, c] * dout[n, i0 + 1, j0 + 2, c]
-                                      + w[0, 2, c] * dout[n, i0 + 2, j0, c] + w[0, 1, c] * dout[n, i0 + 2, j0 + 1, c]
-                                      + w[0, 0, c] * dout[n, i0 + 2, j0 + 2, c])
+                    dx[n, h, v, c] = (m0 * (e0 * w[2, 2, c] * dout[n, r0, q0, c] + e1 * w[2, 1, c] * dout[n, r0, q1, c]
+                                            + e2 * w[2, 0, c] * dout[n, r0, q2, c])
+                                      + m1 * (e0 * w[1, 2, c] * dout[n, r1, q0, c]
+                                              + e1 * w[1, 1, c] * dout[n, r1, q1, c]
+                                              + e2 * w[1, 0, c] * dout[n, r1, q2, c])
+                                      + m2 * (e0 * w[0, 2, c] * dout[n, r2, q0, c]
+                                              + e1 * w[0, 1, c] * dout[n, r2, q1, c]
+                                              + e2 * w[0, 0, c] * dout[n, r2, q2, c]))
                 continue
             for c in range(C):
                 dx[n, h, v, c] = 0
@@ -111,7 +163,7 @@ def _depthwise_backward_input(dout, w, s, p, dx):
                         dx[n, h, v, c] += dout[n, i, j, c] * w[a, b, c]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _depthwise_backward_weight(x, dout, K, s, p, partial):
     # dL/dw[a, b, c] = sum_{n, i, j} dout[n, i, j, c] * x[n, s i - p + a, s j - p + b, c]
     # partial[t] is thread t's sum over its block of output rows, accumulated in float64 one row at a time.
@@ -171,7 +223,7 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padd
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     out = np.empty((N, H_out, W_out, C), dtype=x.dtype)
-    _depthwise_forward(x, w, s, p, out)
+    _depthwise_forward.pick(out.size * K * K)(x, w, s, p, out)
     return out, DepthwiseCache(x, w, s, p)
 
 
@@ -194,9 +246,10 @@ def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
     K = w.shape[0]
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty_like(x)
-    _depthwise_backward_input(dout, w, s, p, dx)
-    partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1]), K, K, x.shape[3]), dtype=np.float64)
-    _depthwise_backward_weight(x, dout, K, s, p, partial)
+    work = dout.size * K * K
+    _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
+    partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1], work), K, K, x.shape[3]), dtype=np.float64)
+    _depthwise_backward_weight.pick(work)(x, dout, K, s, p, partial)
     dw = partial.sum(axis=0).astype(x.dtype)
     return dx, dw
 

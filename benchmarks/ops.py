@@ -1,0 +1,13 @@
+"""Run `numpymnv2 bench --suite ops` (see numpymnv2/bench.py and benchmarks/README.md); extra arguments pass through.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/ops.py [--rounds 3] [--reps 5] [--quick]
+"""
+import argparse
+import sys
+
+from numpymnv2 import bench
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python benchmarks/ops.py")
+    bench.configure_parser(parser)
+    sys.exit(bench.run(parser.parse_args(["--suite", "ops"] + sys.argv[1:])))

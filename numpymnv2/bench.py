@@ -1,0 +1,601 @@
+"""``numpymnv2 bench``: time train steps and operations, against PyTorch when it is installed.
+
+Every number comes from worker processes: one for numpymnv2 and one for each PyTorch layout (NCHW and
+channels_last), started in turn and alternated over several rounds, so the runtimes' thread pools never share a
+process and slow drift of a shared machine hits every side alike. A row reports the median over all rounds of
+the per-repetition times measured after a warm-up.
+
+Suites
+------
+``ops``     depthwise 3x3 (fwd+bwd), BatchNorm+ReLU6 training (fwd+bwd) and pointwise 1x1 (fwd+bwd) at
+            MobileNetV2's real layer shapes, with GFLOP/s; the float32 matmul peak of this machine (one and two
+            BLAS threads) and each pointwise GEMM against a bare ``np.matmul`` of the same shape.
+``model``   whole train steps (forward, loss, backward, SGD-momentum step) and inference, images/s, ratio to
+            PyTorch's faster layout.
+``extra``   JIT cost of the first train step in a fresh process (cold and warm Numba cache), peak memory of a
+            train step (both libraries), and the slowdown when another process keeps one core busy.
+
+The benchmark reports the BLAS kernel that ran (threadpoolctl). Run it as a user would, e.g. on this project's
+machines with the environment's OpenBLAS overrides removed::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE numpymnv2 bench --suite all
+
+``python -m numpymnv2.bench --worker ...`` is the worker entry point the driver starts; it is not meant for
+direct use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# (name, batch, resolution, width_mult, num_classes, variant, mode): the rows of the issue's table
+MODEL_ROWS = [
+    ("train b32 32px w1.0 c10", 32, 32, 1.0, 10, "imagenet", "train"),
+    ("train b32 32px w1.0 c10 CIFAR strides", 32, 32, 1.0, 10, "cifar", "train"),
+    ("train b64 32px w0.35 c10", 64, 32, 0.35, 10, "imagenet", "train"),
+    ("train b16 96px w0.5 c10", 16, 96, 0.5, 10, "imagenet", "train"),
+    ("train b8 224px w1.0 c1000", 8, 224, 1.0, 1000, "imagenet", "train"),
+    ("infer b1 224px w1.0 c1000", 1, 224, 1.0, 1000, "imagenet", "infer"),
+]
+
+# (kind, N, H, W, C, stride) at the shapes MobileNetV2 meets: batch 32 at 32x32 and batch 8 at 224x224, width 1
+DEPTHWISE_ROWS = [(32, 16, 16, 96, 2), (32, 8, 8, 144, 1), (32, 8, 8, 144, 2), (32, 4, 4, 192, 1),
+                  (8, 112, 112, 32, 1), (8, 112, 112, 96, 2), (8, 56, 56, 144, 1), (8, 28, 28, 192, 1),
+                  (8, 14, 14, 384, 1), (8, 7, 7, 960, 1)]
+BN_ROWS = [(32, 16, 16, 96), (32, 8, 8, 144), (32, 4, 4, 192), (8, 112, 112, 96), (8, 56, 56, 144),
+           (8, 14, 14, 384), (8, 7, 7, 960)]
+# (N, H, W, C_in, C_out)
+POINTWISE_ROWS = [(32, 16, 16, 16, 96), (32, 8, 8, 24, 144), (32, 8, 8, 144, 24), (32, 4, 4, 192, 32),
+                  (8, 56, 56, 24, 144), (8, 56, 56, 144, 24), (8, 28, 28, 32, 192), (8, 14, 14, 384, 64),
+                  (8, 7, 7, 320, 1280)]
+
+SIDES = ("numpymnv2", "torch-nchw", "torch-cl")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timing helpers (workers)
+# ----------------------------------------------------------------------------------------------------------
+def _time(fn, warmup: int, reps: int) -> list:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss():
+    # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# numpymnv2 worker
+# ----------------------------------------------------------------------------------------------------------
+def _np_model(row, dtype="float32"):
+    from numpymnv2.models import MobileNetV2
+    _, N, res, wm, nc, variant, mode = row
+    build = MobileNetV2.cifar if variant == "cifar" else MobileNetV2
+    model = build(num_classes=nc, width_mult=wm, seed=0, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, res, res, 3)).astype(dtype)
+    labels = rng.integers(0, nc, N)
+    return model, x, labels
+
+
+def _np_optimizer(model):
+    """numpymnv2.optim.SGD when it exists, else the same update written here (PyTorch's SGD with momentum)."""
+    params = [p for _, p in model.named_parameters()]
+    try:
+        from numpymnv2.optim import SGD
+        opt = SGD(params, lr=0.01, momentum=0.9)
+        return opt.step, "numpymnv2.optim.SGD"
+    except ImportError:
+        bufs = [np.zeros_like(p.data) for p in params]
+
+        def step():
+            for p, b in zip(params, bufs):
+                b *= 0.9
+                b += p.grad
+                p.data -= 0.01 * b
+        return step, "inline SGD-momentum"
+
+
+def _np_step_fn(row):
+    import numpymnv2 as mn
+    model, x, labels = _np_model(row)
+    if row[6] == "infer":
+        model.eval()
+        return (lambda: model(x)), {}
+    model.train()
+    opt_step, opt_name = _np_optimizer(model)
+
+    def step():
+        model.zero_grad()
+        logits = model(x)
+        _, dlogits = mn.softmax_cross_entropy(logits, labels)
+        model.backward(dlogits)
+        opt_step()
+    return step, {"optimizer": opt_name}
+
+
+def _np_op_fns(spec):
+    from numpymnv2.kernels import (batchnorm_act_backward, batchnorm_act_forward, depthwise_conv2d_backward,
+                                   depthwise_conv2d_forward, pointwise_conv2d_backward, pointwise_conv2d_forward)
+    rng = np.random.default_rng(0)
+    fns = {}
+    for N, H, W, C, s in spec["depthwise"]:
+        x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+        w = rng.standard_normal((3, 3, C)).astype(np.float32)
+        out, _ = depthwise_conv2d_forward(x, w, s, 1)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+
+        def f(x=x, w=w, s=s, dout=dout):
+            _, cache = depthwise_conv2d_forward(x, w, s, 1)
+            depthwise_conv2d_backward(dout, cache)
+        fns[f"dw {N}x{H}x{W}x{C} s{s}"] = f
+    for N, H, W, C in spec["bn"]:
+        x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+        g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+        rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+        dout = rng.standard_normal(x.shape).astype(np.float32)
+
+        def f(x=x, g=g, b=b, rm=rm, rv=rv, dout=dout):
+            _, cache = batchnorm_act_forward(x, g, b, rm, rv, True, 0.1, 1e-5, "relu6")
+            batchnorm_act_backward(dout, cache)
+        fns[f"bn+relu6 {N}x{H}x{W}x{C}"] = f
+    for N, H, W, Ci, Co in spec["pointwise"]:
+        x = rng.standard_normal((N, H, W, Ci)).astype(np.float32)
+        T = rng.standard_normal((Co, Ci)).astype(np.float32)
+        dz = rng.standard_normal((N, H, W, Co)).astype(np.float32)
+
+        def f(x=x, T=T, dz=dz):
+            _, cache = pointwise_conv2d_forward(x, T)
+            pointwise_conv2d_backward(dz, cache)
+
+        X, dZ = x.reshape(-1, Ci), dz.reshape(-1, Co)
+
+        def g(X=X, T=T, dZ=dZ):   # the same three products with bare np.matmul
+            X @ T.T
+            dZ.T @ X
+            dZ @ T
+        fns[f"pw {N}x{H}x{W} {Ci}->{Co}"] = f
+        fns[f"matmul {N}x{H}x{W} {Ci}->{Co}"] = g
+    return fns
+
+
+def _matmul_peak(threads, n=1024, reps=20):
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.copy()
+    with threadpool_limits(threads, "blas"):
+        ts = _time(lambda: a @ b, 3, reps)
+    return 2 * n ** 3 / np.median(ts) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PyTorch worker (its own MobileNetV2, torchvision's architecture, so torchvision is not needed)
+# ----------------------------------------------------------------------------------------------------------
+def _torch_mobilenetv2(num_classes, width_mult, cifar):
+    import torch.nn as tnn
+
+    def make_divisible(v, d=8):
+        new_v = max(d, int(v + d / 2) // d * d)
+        return new_v + d if new_v < 0.9 * v else new_v
+
+    def cba(i, o, k=3, s=1, groups=1, act=True):
+        layers = [tnn.Conv2d(i, o, k, s, (k - 1) // 2, groups=groups, bias=False), tnn.BatchNorm2d(o)]
+        if act:
+            layers.append(tnn.ReLU6(inplace=True))
+        return tnn.Sequential(*layers)
+
+    class Block(tnn.Module):
+        def __init__(self, inp, oup, stride, t):
+            super().__init__()
+            hidden = int(round(inp * t))
+            self.use_res = stride == 1 and inp == oup
+            layers = [cba(inp, hidden, 1)] if t != 1 else []
+            layers += [cba(hidden, hidden, 3, stride, groups=hidden), cba(hidden, oup, 1, act=False)]
+            self.conv = tnn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res else self.conv(x)
+
+    setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+               [6, 320, 1, 1]]
+    if cifar:
+        setting[1][3] = 1
+    inp = make_divisible(32 * width_mult)
+    last = make_divisible(1280 * max(1.0, width_mult))
+    feats = [cba(3, inp, 3, 1 if cifar else 2)]
+    for t, c, n, s in setting:
+        out = make_divisible(c * width_mult)
+        for i in range(n):
+            feats.append(Block(inp, out, s if i == 0 else 1, t))
+            inp = out
+    feats.append(cba(inp, last, 1))
+    return tnn.Sequential(*feats, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.2),
+                          tnn.Linear(last, num_classes))
+
+
+def _torch_setup(side):
+    import torch
+    torch.manual_seed(0)
+    fmt = torch.channels_last if side == "torch-cl" else torch.contiguous_format
+    return torch, fmt
+
+
+def _torch_step_fn(row, side):
+    torch, fmt = _torch_setup(side)
+    _, N, res, wm, nc, variant, mode = row
+    model = _torch_mobilenetv2(nc, wm, variant == "cifar").to(memory_format=fmt)
+    x = torch.randn(N, 3, res, res).contiguous(memory_format=fmt)
+    labels = torch.randint(0, nc, (N,))
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                model(x)
+        return infer, {}
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), labels).backward()
+        opt.step()
+    return step, {"optimizer": "torch.optim.SGD"}
+
+
+def _torch_op_fns(spec, side):
+    torch, fmt = _torch_setup(side)
+    fns = {}
+
+    def nchw(N, H, W, C, grad=True):
+        t = torch.randn(N, C, H, W).contiguous(memory_format=fmt)
+        return t.requires_grad_(grad)
+
+    for N, H, W, C, s in spec["depthwise"]:
+        conv = torch.nn.Conv2d(C, C, 3, s, 1, groups=C, bias=False).to(memory_format=fmt)
+        x = nchw(N, H, W, C)
+        dout = torch.randn_like(conv(x)).contiguous(memory_format=fmt)
+
+        def f(conv=conv, x=x, dout=dout):
+            x.grad = None
+            conv.weight.grad = None
+            conv(x).backward(dout)
+        fns[f"dw {N}x{H}x{W}x{C} s{s}"] = f
+    for N, H, W, C in spec["bn"]:
+        bn = torch.nn.BatchNorm2d(C)
+        act = torch.nn.ReLU6()
+        x = nchw(N, H, W, C)
+        dout = torch.randn_like(x).contiguous(memory_format=fmt)
+
+        def f(bn=bn, act=act, x=x, dout=dout):
+            x.grad = None
+            bn.weight.grad = bn.bias.grad = None
+            act(bn(x)).backward(dout)
+        fns[f"bn+relu6 {N}x{H}x{W}x{C}"] = f
+    for N, H, W, Ci, Co in spec["pointwise"]:
+        conv = torch.nn.Conv2d(Ci, Co, 1, bias=False).to(memory_format=fmt)
+        x = nchw(N, H, W, Ci)
+        dout = torch.randn_like(conv(x)).contiguous(memory_format=fmt)
+
+        def f(conv=conv, x=x, dout=dout):
+            x.grad = None
+            conv.weight.grad = None
+            conv(x).backward(dout)
+        fns[f"pw {N}x{H}x{W} {Ci}->{Co}"] = f
+    return fns
+
+
+# ----------------------------------------------------------------------------------------------------------
+# worker entry point
+# ----------------------------------------------------------------------------------------------------------
+def _worker(side: str, task: str, spec: dict) -> dict:
+    warmup, reps = spec.get("warmup", 3), spec.get("reps", 5)
+    result = {"side": side, "times": {}, "meta": {}}
+    if side == "numpymnv2":
+        import numpymnv2.kernels  # noqa: F401  applies the thread-pool settings
+        from numpymnv2.kernels import _threads
+    if task == "ops":
+        fns = _np_op_fns(spec) if side == "numpymnv2" else _torch_op_fns(spec, side)
+        for name, fn in fns.items():
+            result["times"][name] = _time(fn, warmup, reps)
+        if side == "numpymnv2" and spec.get("peak"):
+            result["meta"]["matmul_peak_gflops_1t"] = _matmul_peak(1)
+            result["meta"]["matmul_peak_gflops_2t"] = _matmul_peak(2)
+    elif task == "model":
+        for row in spec["rows"]:
+            row = tuple(row)
+            fn, meta = _np_step_fn(row) if side == "numpymnv2" else _torch_step_fn(row, side)
+            result["times"][row[0]] = _time(fn, warmup if row[1] > 8 or row[2] < 224 else 2, reps)
+            result["meta"].update(meta)
+    elif task == "first-step":
+        t0 = spec["t0"]
+        row = tuple(spec["rows"][0])
+        fn, _ = _np_step_fn(row)
+        t = time.perf_counter()
+        fn()
+        result["meta"]["first_step_s"] = time.perf_counter() - t
+        result["meta"]["process_to_end_of_first_step_s"] = time.time() - t0
+    elif task == "memory":
+        row = tuple(spec["rows"][0])
+        fn, _ = _np_step_fn(row) if side == "numpymnv2" else _torch_step_fn(row, side)
+        fn()
+        fn()
+        base = _rss_mb()
+        ok = _reset_peak_rss()
+        for _ in range(3):
+            fn()
+        result["meta"]["step_peak_mb_over_baseline"] = (_peak_rss_mb() - base) if ok else float("nan")
+        result["meta"]["peak_rss_mb"] = _peak_rss_mb()
+    if side == "numpymnv2":
+        from threadpoolctl import threadpool_info
+        result["meta"]["threads"] = _threads.info()
+        result["meta"]["blas"] = [{k: d.get(k) for k in ("internal_api", "architecture", "num_threads", "version",
+                                                          "filepath")}
+                                  for d in threadpool_info() if d.get("user_api") == "blas"]
+    else:
+        import torch
+        result["meta"]["torch"] = torch.__version__
+        result["meta"]["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def _spawn(side, task, spec, env=None) -> dict:
+    cmd = [sys.executable, "-m", "numpymnv2.bench", "--worker", side, "--task", task, "--spec", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {side}/{task} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rounds(sides, task, spec, rounds, log) -> dict:
+    """Alternate the sides over ``rounds`` rounds (order reversed every other round); pool the times."""
+    pooled = {side: {} for side in sides}
+    meta = {side: {} for side in sides}
+    for r in range(rounds):
+        order = sides if r % 2 == 0 else tuple(reversed(sides))
+        for side in order:
+            log(f"  round {r + 1}/{rounds}: {side} {task}")
+            res = _spawn(side, task, spec)
+            for name, ts in res["times"].items():
+                pooled[side].setdefault(name, []).extend(ts)
+            meta[side].update(res["meta"])
+    med = {side: {name: float(np.median(ts)) * 1e3 for name, ts in d.items()} for side, d in pooled.items()}
+    return {"ms": med, "meta": meta}
+
+
+def _torch_available() -> bool:
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------------------
+def _fmt(v, spec=".2f"):
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def _ratio_cells(ms, name, sides):
+    ours = ms["numpymnv2"].get(name)
+    nchw = ms.get("torch-nchw", {}).get(name) if "torch-nchw" in sides else None
+    cl = ms.get("torch-cl", {}).get(name) if "torch-cl" in sides else None
+    best = min([v for v in (nchw, cl) if v is not None], default=None)
+    return ours, nchw, cl, (ours / cl if cl else None), (ours / best if best else None)
+
+
+def _op_table(res, sides, peak1, peak2) -> list:
+    ms = res["ms"]
+    lines = ["| op (fwd+bwd, float32) | numpymnv2 ms | GFLOP/s | torch NCHW ms | torch CL ms | ratio to CL | "
+             "ratio to faster torch |", "|---|---|---|---|---|---|---|"]
+    for name in ms["numpymnv2"]:
+        if name.startswith("matmul"):
+            continue
+        ours, nchw, cl, r_cl, r_best = _ratio_cells(ms, name, sides)
+        flops = _op_flops(name)
+        gf = flops / (ours * 1e-3) / 1e9 if flops else None
+        lines.append(f"| {name} | {_fmt(ours, '.3f')} | {_fmt(gf, '.1f')} | {_fmt(nchw, '.3f')} | {_fmt(cl, '.3f')} "
+                     f"| {_fmt(r_cl)} | {_fmt(r_best)} |")
+    lines += ["", f"float32 matmul peak (1024^3, measured in this run): {_fmt(peak1, '.1f')} GFLOP/s with 1 BLAS "
+                  f"thread, {_fmt(peak2, '.1f')} GFLOP/s with 2", "",
+              "| pointwise (3 GEMMs) | numpymnv2 ms | GFLOP/s | bare np.matmul ms | of bare matmul | of 1-thread peak "
+              "| of 2-thread peak |", "|---|---|---|---|---|---|---|"]
+    for name in ms["numpymnv2"]:
+        if not name.startswith("pw"):
+            continue
+        ours = ms["numpymnv2"][name]
+        bare = ms["numpymnv2"].get("matmul" + name[2:])
+        gf = _op_flops(name) / (ours * 1e-3) / 1e9
+        lines.append(f"| {name} | {ours:.3f} | {gf:.1f} | {_fmt(bare, '.3f')} | {_fmt(bare / ours * 100, '.0f')}% | "
+                     f"{_fmt(gf / peak1 * 100 if peak1 else None, '.0f')}% | "
+                     f"{_fmt(gf / peak2 * 100 if peak2 else None, '.0f')}% |")
+    return lines
+
+
+def _op_flops(name):
+    kind, rest = name.split(" ", 1)
+    if kind == "dw":
+        dims, s = rest.split(" s")
+        N, H, W, C = map(int, dims.split("x"))
+        s = int(s)
+        Ho, Wo = (H - 1) // s + 1, (W - 1) // s + 1
+        return 3 * 2 * 9 * N * Ho * Wo * C         # forward, input gradient, weight gradient
+    if kind in ("pw", "matmul"):
+        dims, ch = rest.split(" ")
+        N, H, W = map(int, dims.split("x"))
+        Ci, Co = map(int, ch.split("->"))
+        return 3 * 2 * N * H * W * Ci * Co
+    return None
+
+
+def _model_table(res, sides) -> list:
+    ms = res["ms"]
+    lines = ["| row | numpymnv2 ms | images/s | torch NCHW ms | torch CL ms | ratio to CL | ratio to faster torch |",
+             "|---|---|---|---|---|---|---|"]
+    for row in MODEL_ROWS:
+        name = row[0]
+        if name not in ms["numpymnv2"]:
+            continue
+        ours, nchw, cl, r_cl, r_best = _ratio_cells(ms, name, sides)
+        lines.append(f"| {name} | {ours:.1f} | {row[1] / ours * 1e3:.1f} | {_fmt(nchw, '.1f')} | {_fmt(cl, '.1f')} | "
+                     f"{_fmt(r_cl)} | {_fmt(r_best)} |")
+    return lines
+
+
+def _busy_loop_process():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=("ops", "model", "extra", "all"), default="all",
+                        help="which benchmarks to run (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side (default 3)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per round (default 5)")
+    parser.add_argument("--quick", action="store_true", help="first two model rows and fewer op shapes")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    parser.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
+
+
+def run(args) -> int:
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    sides = ("numpymnv2",) if args.no_torch or not _torch_available() else SIDES
+    report = {"command": " ".join(sys.argv), "machine": platform.platform(), "cpus": os.cpu_count(),
+              "load_average_start": os.getloadavg(), "env_openblas": {k: v for k, v in os.environ.items()
+                                                                       if k.startswith("OPENBLAS")}}
+    out = []
+    quick = args.quick
+    if args.suite in ("ops", "all"):
+        spec = {"depthwise": DEPTHWISE_ROWS[:4] if quick else DEPTHWISE_ROWS, "bn": BN_ROWS[:3] if quick else BN_ROWS,
+                "pointwise": POINTWISE_ROWS[:4] if quick else POINTWISE_ROWS, "reps": args.reps * 4, "warmup": 5,
+                "peak": True}
+        res = _rounds(sides, "ops", spec, args.rounds, log)
+        m = res["meta"]["numpymnv2"]
+        report["ops"] = res
+        out += ["## Per-op", ""] + _op_table(res, sides, m.get("matmul_peak_gflops_1t"),
+                                                 m.get("matmul_peak_gflops_2t")) + [""]
+    if args.suite in ("model", "all"):
+        rows = MODEL_ROWS[:2] if quick else MODEL_ROWS
+        res = _rounds(sides, "model", {"rows": rows, "reps": args.reps, "warmup": 3}, args.rounds, log)
+        report["model"] = res
+        out += ["## Whole model (float32; train = forward, loss, backward, SGD-momentum step)", ""]
+        out += _model_table(res, sides) + [""]
+    if args.suite in ("extra", "all"):
+        out += ["## JIT, memory, load", ""]
+        row = MODEL_ROWS[0]
+        with tempfile.TemporaryDirectory() as cache_dir:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+            for label in ("cold", "warm"):
+                log(f"  first step, {label} Numba cache")
+                res = _spawn_first_step(row, env)
+                report[f"first_step_{label}"] = res
+                out.append(f"- first train step ({row[0]}) in a fresh process, {label} Numba cache: "
+                           f"{res['process_to_end_of_first_step_s']:.1f} s from process start "
+                           f"({res['first_step_s']:.1f} s in the step itself)")
+        for side in sides:
+            log(f"  memory {side}")
+            res = _spawn(side, "memory", {"rows": [row]})["meta"]
+            report[f"memory_{side}"] = res
+            out.append(f"- peak memory of a train step ({row[0]}), {side}: "
+                       f"{res['step_peak_mb_over_baseline']:.0f} MB over the process's RSS before the step "
+                       f"(peak RSS {res['peak_rss_mb']:.0f} MB)")
+        load_sides = [s for s in sides if s in ("numpymnv2", "torch-cl")]
+        quiet = _rounds(tuple(load_sides), "model", {"rows": [row], "reps": args.reps, "warmup": 3}, 1, log)
+        busy = _busy_loop_process()
+        try:
+            loaded = _rounds(tuple(load_sides), "model", {"rows": [row], "reps": args.reps, "warmup": 3}, 1, log)
+        finally:
+            busy.kill()
+            busy.wait()
+        report["load"] = {"quiet": quiet, "loaded": loaded}
+        for side in load_sides:
+            q, lo = quiet["ms"][side][row[0]], loaded["ms"][side][row[0]]
+            out.append(f"- {side}, {row[0]}: {q:.1f} ms quiet, {lo:.1f} ms with a busy process on one core "
+                       f"({lo / q:.2f}x)")
+        out.append("")
+    meta = report.get("ops", report.get("model", {})).get("meta", {}).get("numpymnv2", {})
+    header = [f"# numpymnv2 bench ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+              f"- command: `{report['command']}`",
+              f"- machine: {report['machine']}, {report['cpus']} CPUs, load average at start "
+              f"{', '.join(f'{v:.2f}' for v in report['load_average_start'])}",
+              f"- OPENBLAS_* in the environment: {report['env_openblas'] or 'none'}",
+              f"- BLAS that ran (threadpoolctl): {meta.get('blas')}",
+              f"- numpymnv2 threading: {meta.get('threads')}",
+              f"- optimizer: {meta.get('optimizer', '-')}; torch sides: {sides[1:] or 'not run'}",
+              f"- rounds {args.rounds}, alternated; each side in its own process; medians", ""]
+    print("\n".join(header + out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    return 0
+
+
+def _spawn_first_step(row, env) -> dict:
+    spec = {"rows": [row], "t0": time.time()}
+    cmd = [sys.executable, "-m", "numpymnv2.bench", "--worker", "numpymnv2", "--task", "first-step", "--spec",
+           json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"first-step worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["meta"]
+
+
+def _main_worker(argv) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", required=True, choices=SIDES)
+    p.add_argument("--task", required=True)
+    p.add_argument("--spec", required=True)
+    a = p.parse_args(argv)
+    print(json.dumps(_worker(a.worker, a.task, json.loads(a.spec))))
+    return 0
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        sys.exit(_main_worker(sys.argv[1:]))
+    parser = argparse.ArgumentParser(prog="python -m numpymnv2.bench")
+    configure_parser(parser)
+    sys.exit(run(parser.parse_args()))
