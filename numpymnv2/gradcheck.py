@@ -66,11 +66,17 @@ class ArrayReport:
 
 @dataclasses.dataclass
 class GradcheckResult:
-    """Outcome of :func:`gradcheck`: one :class:`ArrayReport` per checked array."""
+    """Outcome of :func:`gradcheck`: one :class:`ArrayReport` per checked array.
+
+    ``roundoff`` is the round-off of one central difference, ``u max_j |out_j R_j| / eps``: a derivative of size
+    ``g`` is resolved to a relative accuracy of about ``roundoff / g`` at best, so a relative error below ``r`` can
+    only be asked of gradients larger than ``roundoff / r``.
+    """
     reports: list
     eps: float
     atol: float
     rtol: float
+    roundoff: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -111,10 +117,9 @@ def _pick(size: int, max_coords: int | None, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(size, size=max_coords, replace=False))
 
 
-def _resolution(out: np.ndarray, R: np.ndarray, eps: float) -> float:
-    """A thousand times the round-off of one central difference of ``sum(out * R)``: below this a derivative is
-    not resolved to the digits a relative error of 1e-6 needs."""
-    return 1024 * np.finfo(np.float64).eps * float(np.max(np.abs(out * R), initial=0.0)) / eps
+def _roundoff(out: np.ndarray, R: np.ndarray, eps: float) -> float:
+    """The round-off of one central difference of ``sum(out * R)``, ``u max_j |out_j R_j| / eps``."""
+    return np.finfo(np.float64).eps * float(np.max(np.abs(out * R), initial=0.0)) / eps
 
 
 def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) -> ArrayReport:
@@ -182,16 +187,17 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     """
     rng = np.random.default_rng(seed)
     if isinstance(target, Module):
-        reports = _check_module(target, inputs, eps, atol, rtol, max_coords, params, rng)
+        reports, roundoff = _check_module(target, inputs, eps, atol, rtol, max_coords, params, rng)
     elif isinstance(target, tuple) and len(target) == 2 and all(callable(f) for f in target):
-        reports = _check_function(target[0], target[1], inputs, kwargs, eps, atol, rtol, max_coords, rng)
+        reports, roundoff = _check_function(target[0], target[1], inputs, kwargs, eps, atol, rtol, max_coords,
+                                            rng)
     else:
         raise TypeError(f"gradcheck: target must be a Module or a (forward, backward) pair of functions, got "
                         f"{type(target).__name__}")
     if not reports:
         raise ValueError("gradcheck: nothing to check (the backward pass returned no gradient for any array "
                          "input)")
-    result = GradcheckResult(reports, eps, atol, rtol)
+    result = GradcheckResult(reports, eps, atol, rtol, roundoff)
     if raise_exception and not result.passed:
         raise GradcheckError("gradient check failed:\n" + str(result))
     return result
@@ -222,13 +228,14 @@ def _check_function(forward: Callable, backward: Callable, inputs, kwargs, eps, 
     if not np.array_equal(output(), out):
         raise ValueError("gradcheck: the forward pass is not deterministic (two calls at the same point "
                          "differ); seed its randomness inside forward")
-    floor = _resolution(out, R, eps)
+    roundoff = _roundoff(out, R, eps)
+    floor = 1024 * roundoff
     reports = []
     for i, a in enumerate(inputs):
         if isinstance(a, np.ndarray) and i < len(grads) and grads[i] is not None:
             reports.append(_compare(f"input{i}", a, grads[i], output, R, _pick(a.size, max_coords, rng),
                                     eps, atol, rtol, floor))
-    return reports
+    return reports, roundoff
 
 
 def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
@@ -265,7 +272,8 @@ def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
         if not np.array_equal(output(), out):
             raise ValueError(f"gradcheck: {module.label} is not deterministic in this mode (dropout in "
                              f"training mode?); use eval() or dropout=0")
-        floor = _resolution(out, R, eps)
+        roundoff = _roundoff(out, R, eps)
+        floor = 1024 * roundoff
         reports = [_compare("input", x, dx, output, R, _pick(x.size, max_coords, rng), eps, atol, rtol, floor)]
         for name, p in chosen:
             reports.append(_compare(name, p.data, p.grad, output, R, _pick(p.data.size, max_coords, rng),
@@ -276,7 +284,7 @@ def _check_module(module: Module, x, eps, atol, rtol, max_coords, params, rng):
             p.grad[...] = g
         for gen, state in zip(generators, saved_generators):
             gen.bit_generator.state = state
-    return reports
+    return reports, roundoff
 
 
 # ---------------------------------------------------------------------------------------------------------
