@@ -43,22 +43,41 @@ REL_TOL = 1e-6
 """Bound on the normwise relative error of every finite-difference check (issue 2)."""
 
 
-def record_rel_error(op: str, value: float) -> None:
-    """Append ``op<TAB>value`` to the file named by ``NUMPYMNV2_GRADLOG``, if set (for the worst-error report).
+def resolvable_rel_error(result, rel_tol: float = REL_TOL) -> float:
+    """The worst normwise relative error of ``result``, each array's denominator at least ``roundoff / rel_tol``.
+
+    A float64 central difference with step ``eps`` resolves a derivative ``g`` only to a relative accuracy of about
+    ``u |out| / (eps g)`` (``result.roundoff / g``): with ``eps = 1e-6`` a relative error of ``1e-6`` can be asked
+    only of gradients larger than about ``2e-4 |out|``. Hypothesis is good at finding the others (an input of
+    ``1e-6`` next to a BatchNorm bias of 0.1 makes ``dL/dgamma`` a millionth of the output); for them the error is
+    measured against the smallest gradient that the bound can be asked of. An ordinary gradient that is wrong is
+    measured exactly as :func:`numpymnv2.gradcheck` reports it.
+    """
+    worst = 0.0
+    for r in result.reports:
+        used = r.max_abs_error / r.max_rel_error if r.max_rel_error > 0 else 0.0
+        worst = max(worst, r.max_abs_error / max(used, result.roundoff / rel_tol, 1e-300))
+    return worst
+
+
+def record_rel_error(op: str, result) -> None:
+    """Append ``op<TAB>resolvable rel. error<TAB>gradcheck's rel. error`` to the file ``NUMPYMNV2_GRADLOG`` names.
 
     ``NUMPYMNV2_GRADLOG=/tmp/grad.tsv pytest tests/functional`` then ``sort -k2 -g /tmp/grad.tsv | tail``.
     """
     path = os.environ.get("NUMPYMNV2_GRADLOG")
     if path:
         with open(path, "a") as f:
-            f.write(f"{op}\t{value:.6e}\n")
+            f.write(f"{op}\t{resolvable_rel_error(result):.6e}\t{result.max_rel_error:.6e}\n")
 
 
 def check_grads(op: str, target, inputs, **kwargs):
-    """Run :func:`numpymnv2.gradcheck` in float64, record its worst error and assert it is below ``REL_TOL``."""
+    """Run :func:`numpymnv2.gradcheck` in float64 (a function pair or a module), record its error and assert it
+    passes with a (resolvable) relative error below ``REL_TOL``."""
     result = gradcheck(target, inputs, **kwargs)
-    record_rel_error(op, result.max_rel_error)
-    assert result.max_rel_error < REL_TOL, f"{op}: relative error {result.max_rel_error:.3e}\n{result}"
+    record_rel_error(op, result)
+    rel = resolvable_rel_error(result)
+    assert rel < REL_TOL, f"{op}: relative error {rel:.3e}\n{result}"
     assert result.passed, f"{op}:\n{result}"
     return result
 
