@@ -58,14 +58,14 @@ class Kernel:
     key is the function's name and bytecode, not its compile flags).
     """
 
-    def __init__(self, py_func):
+    def __init__(self, py_func, **options):
         clone = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
                                    py_func.__defaults__, py_func.__closure__)
         clone.__qualname__ = py_func.__qualname__ + "_serial"
         clone.__module__ = py_func.__module__
         clone.__doc__ = py_func.__doc__
-        self.parallel = njit(cache=True, parallel=True)(py_func)
-        self.serial = njit(cache=True)(clone)
+        self.parallel = njit(cache=True, parallel=True, **options)(py_func)
+        self.serial = njit(cache=True, **options)(clone)
         functools.update_wrapper(self, py_func)
 
     def pick(self, work: int):
@@ -73,9 +73,12 @@ class Kernel:
         return self.parallel if work >= PARALLEL_MIN_WORK else self.serial
 
 
-def kernel(py_func) -> Kernel:
-    """Decorator: compile ``py_func`` as a :class:`Kernel` (parallel and serial, both cached)."""
-    return Kernel(py_func)
+def kernel(py_func=None, **options):
+    """Decorator, ``@kernel`` or ``@kernel(fastmath=...)``: compile as a :class:`Kernel` (parallel and serial,
+    both cached, with the given Numba options)."""
+    if py_func is None:
+        return lambda f: Kernel(f, **options)
+    return Kernel(py_func, **options)
 
 
 def _numba_pool_started() -> bool:
