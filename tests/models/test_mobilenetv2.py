@@ -87,7 +87,8 @@ def test_seed_reproduces_the_weights_and_the_dropout():
     a, b, c = (MobileNetV2(num_classes=5, width_mult=0.35, seed=s) for s in (7, 7, 8))
     for k, v in a.state_dict().items():
         np.testing.assert_array_equal(v, b.state_dict()[k])
-    assert not np.array_equal(a.state_dict()["features.4.conv.0.0.weight"], c.state_dict()["features.4.conv.0.0.weight"])
+    assert not np.array_equal(a.state_dict()["features.4.conv.0.0.weight"],
+                              c.state_dict()["features.4.conv.0.0.weight"])
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(a.train()(x), b.train()(x))       # same dropout masks from the same seed
     # the dropout stream is separate: its rate does not change the weights
