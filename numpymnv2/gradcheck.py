@@ -185,6 +185,10 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     GradcheckResult
         ``.passed``, ``.max_rel_error``, ``.worst``, and a printable per-array table.
     """
+    if not eps > 0:
+        raise ValueError(f"gradcheck: eps must be positive, got {eps}")
+    if max_coords is not None and max_coords < 1:
+        raise ValueError(f"gradcheck: max_coords must be at least 1 (or None for every coordinate), got {max_coords}")
     rng = np.random.default_rng(seed)
     if isinstance(target, Module):
         reports, roundoff = _check_module(target, inputs, eps, atol, rtol, max_coords, params, rng)

@@ -248,3 +248,10 @@ def test_unresolvable_gradient_is_judged_against_the_roundoff():
     result = mn.gradcheck((forward, F.batchnorm_act_backward), (x, np.ones(1), np.array([0.1])))
     assert result.passed
     assert resolvable_rel_error(result) < 1e-6 <= result.max_rel_error
+
+
+def test_bad_step_and_coordinate_count(xw):
+    with pytest.raises(ValueError, match="eps must be positive, got 0"):
+        mn.gradcheck((square_forward, square_backward), xw, eps=0)
+    with pytest.raises(ValueError, match="max_coords must be at least 1"):
+        mn.gradcheck((square_forward, square_backward), xw, max_coords=0)     # would check nothing and pass
