@@ -258,8 +258,10 @@ class MobileNetV2(Module):
     * ``state_dict()`` holds the parameters and the BatchNorm buffers under torchvision's keys. The dropout
       mask comes from ``model.classifier[0].generator`` (a ``numpy.random.Generator`` seeded from ``seed``);
       save ``generator.bit_generator.state`` with a checkpoint, and restore it, to resume a run exactly.
-    * Training-mode BatchNorm needs more than one value per channel at the last layers: with the default stem
-      a 32x32 input ends at 1x1, so use a batch of at least 2 (or :meth:`cifar`).
+    * Training-mode BatchNorm needs more than one value per channel at the last layers: with the ImageNet
+      strides a 32x32 input ends at 1x1, so each of those BatchNorms normalises just N values per channel.
+      That works for N >= 2 but is badly conditioned for small batches; for small images prefer :meth:`cifar`
+      (a 32x32 input then ends at 4x4).
     """
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, round_nearest: int = 8,
