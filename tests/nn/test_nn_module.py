@@ -25,7 +25,8 @@ def small_net(dtype="float64", seed=0):
 
 
 def randomize(module, seed=1):
-    """BatchNorm parameters and statistics away from their initial values, so checks see every term."""
+    """1-D parameters (BatchNorm weights and biases, the classifier bias) and BatchNorm statistics away from their
+    initial values (1, 0, 0, 1), so the checks see every term."""
     rng = np.random.default_rng(seed)
     for name, p in module.named_parameters():
         p.data[...] = rng.uniform(0.5, 1.5, p.shape) if p.data.ndim == 1 else p.data
