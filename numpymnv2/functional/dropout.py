@@ -30,7 +30,8 @@ def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Gene
     Notes
     -----
     ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` elementwise, so ``E[y] = x`` and evaluation needs no
-    rescaling. An element is kept when its uniform draw ``u = rng.random()`` (in ``x``'s dtype) is ``>= p``. ``dL/dx = dL/dy * m / (1 - p)``. With ``p = 1`` every element is dropped and ``y = 0``.
+    rescaling. An element is kept when its uniform draw ``u = rng.random()`` (in ``x``'s dtype) is ``>= p``.
+    ``dL/dx = dL/dy * m / (1 - p)``. With ``p = 1`` every element is dropped and ``y = 0``.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
