@@ -193,12 +193,13 @@ def test_whole_network_gradients_match_finite_differences(seed, cifar):
     x = rng.uniform(-1, 1, (2, side, side, 3))
     # The round-off of a central difference grows with the gradients, so the absolute tolerance is relative to
     # the network's largest gradient; eps is small so that a perturbation rarely pushes a ReLU6 input across a
-    # kink (measured: 0 failures in 20 seeds).
+    # kink: the stem weight moves every activation, and with eps = 1e-8 its central difference still
+    # straddles kinks (3e-3 off); with 1e-9 it agrees to 1e-6 while round-off stays below atol.
     model.train()
     model.backward(rng.standard_normal(model(x).shape))
     scale = max(np.abs(p.grad).max() for p in model.parameters())
     model.zero_grad()
-    result = gradcheck(model, x, eps=1e-8, atol=1e-6 * scale, max_coords=3, params=sorted(set(chosen)), seed=seed)
+    result = gradcheck(model, x, eps=1e-9, atol=1e-6 * scale, max_coords=3, params=sorted(set(chosen)), seed=seed)
     assert result.passed, str(result)
 
 
