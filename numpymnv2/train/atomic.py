@@ -1,0 +1,65 @@
+"""Write a file so that readers see either the old version or the whole new one, never half of it.
+
+The new bytes go to a temporary file in the same folder (so both are on the same file system), which is
+flushed and ``fsync``-ed before ``os.replace`` swaps it in; ``os.replace`` is atomic on POSIX and Windows.
+If anything fails before the swap, including a ``KeyboardInterrupt``, the temporary file is deleted and the
+previous file is untouched. Every file the trainer writes (checkpoints, metrics, plots) goes through here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, then move it onto ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The destination; its folder is created if needed.
+    write : callable
+        Receives the open temporary file and writes the whole content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 string."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

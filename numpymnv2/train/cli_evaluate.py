@@ -1,0 +1,90 @@
+"""``numpymnv2 evaluate``: accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
+
+The model, the dataset and the preprocessing all come from the checkpoint, so only ``--checkpoint`` is
+needed. The confusion matrix is printed and saved as a PNG, the numbers as JSON, next to the checkpoint
+unless ``--out`` says otherwise.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a checkpoint (.npz) written by `numpymnv2 train`, or a run folder (its last.npz)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="which split of the checkpoint's dataset (default: test)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the dataset's files are, if not where training found them")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate a random subset of at most N images")
+    parser.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where to write the confusion matrix PNG and JSON (default: the checkpoint's folder)")
+    parser.add_argument("--backend", choices=("fast", "reference"), default="fast")
+
+
+def run(args) -> int:
+    from numpymnv2.backend import use_backend
+    from numpymnv2.data import DataLoader
+    from numpymnv2.train.atomic import atomic_write_text
+    from numpymnv2.train.config import TrainConfig, load_split, make_transform
+    from numpymnv2.train.inference import load_trained_model
+    from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
+                                         plot_confusion)
+    from numpymnv2.train.trainer import evaluate_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    model, ckpt = load_trained_model(args.checkpoint)
+    saved = dict(ckpt.config.get("train") or {})
+    if "dataset" not in saved:
+        raise ValueError(f"{ckpt.path}: the checkpoint does not say which dataset it was trained on")
+    if args.data_dir is not None:
+        saved["data_dir"] = args.data_dir
+    cfg = TrainConfig.from_dict(saved)
+    data = load_split(cfg, args.split)
+    classes = ckpt.config["classes"]
+    if list(data.classes) != list(classes):
+        raise ValueError(f"{ckpt.path} was trained on the classes {classes}, but {cfg.dataset} ({args.split}) "
+                         f"has {data.classes}")
+    if args.limit is not None and len(data) > args.limit:
+        data = data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:args.limit]))
+    loader = DataLoader(data, args.batch_size, shuffle=False,
+                        transform=make_transform(ckpt.config["preprocess"], train=False), dtype=cfg.dtype)
+    with use_backend(args.backend):
+        loss, acc, predictions, labels = evaluate_model(model, loader)
+    cm = confusion_matrix(labels, predictions, len(classes))
+    per_class = per_class_accuracy(cm)
+
+    epochs = len(ckpt.history)
+    spec = ckpt.config["model"]
+    print(f"checkpoint: {ckpt.path} (after {epochs} epoch{'s' if epochs != 1 else ''}; MobileNetV2 width "
+          f"{spec.get('width_mult')}, {len(classes)} classes)")
+    print(f"data: {cfg.dataset}, {args.split} split, {len(data)} images")
+    print(f"accuracy: {100 * acc:.2f}% ({int(np.trace(cm))}/{len(data)}), mean cross-entropy {loss:.4f}")
+    print("\nper-class accuracy:")
+    width = max(5, max(len(str(c)) for c in classes))
+    print(f"  {'class'.ljust(width)}  images  correct  accuracy")
+    for k, name in enumerate(classes):
+        shown = "       -" if np.isnan(per_class[k]) else f"{100 * per_class[k]:7.2f}%"
+        print(f"  {str(name).ljust(width)}  {int(cm[k].sum()):6d}  {int(cm[k, k]):7d}  {shown}")
+    print("\nconfusion matrix (rows: true class, columns: predicted class):")
+    print(format_confusion(cm, classes))
+
+    out = Path(args.out) if args.out else ckpt.path.parent
+    stem = f"{ckpt.path.stem}_{args.split}"
+    png = plot_confusion(out / f"{stem}_confusion.png", cm, classes,
+                         title=f"{cfg.dataset} {args.split}: {100 * acc:.2f}% ({ckpt.path.name})")
+    report = {"checkpoint": str(ckpt.path), "dataset": cfg.dataset, "split": args.split, "images": len(data),
+              "accuracy": acc, "loss": loss, "classes": list(classes),
+              "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
+              "confusion_matrix": cm.tolist()}
+    js = atomic_write_text(out / f"{stem}_evaluation.json", json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {png} and {js}")
+    return 0

@@ -1,0 +1,289 @@
+"""A run's configuration and everything built from it: data, preprocessing, model, optimizer and schedule.
+
+A :class:`TrainConfig` holds what the user chose (the ``numpymnv2 train`` options). From it and the training
+data, :func:`build_run` derives the rest, and :func:`run_record` turns it into the JSON stored in every
+checkpoint::
+
+    {"train": {...TrainConfig...},
+     "model": {"name": "MobileNetV2", "num_classes": 10, "width_mult": 0.35, ...},   # rebuilds the network
+     "preprocess": {"image_size": [8, 8], "channels": 1, "resolution": 32,           # turns any image into
+                    "mean": [...], "std": [...], "dtype": "float32", ...},           # network input
+     "classes": ["0", ..., "9"],
+     "data": {"train_images": 1497, "val_images": 300, "val_source": "test split"}}
+
+so ``numpymnv2 evaluate`` and ``numpymnv2 predict`` need nothing but the checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OPTIMIZERS = ("sgd", "nesterov", "rmsprop", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "exponential", "constant")
+ARCHS = ("imagenet", "cifar")
+
+
+@dataclass
+class TrainConfig:
+    """The options of a training run (the ``numpymnv2 train`` flags of the same names).
+
+    The defaults train the built-in digits to about 98% test accuracy in about two minutes on two cores.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    width: float = 0.35
+    resolution: int = 32
+    arch: str = "imagenet"
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    dropout: float = 0.2
+    augment: bool = True
+    val_fraction: float = 0.0
+    limit: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    # Options that may differ when a run is resumed: they do not change what is computed.
+    RESUMABLE = ("epochs", "data_dir")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        def need(ok, message):
+            if not ok:
+                raise ValueError(message)
+        from numpymnv2.data.dataset import DATASET_NAMES
+        need(self.dataset in DATASET_NAMES, f"--dataset must be one of {', '.join(DATASET_NAMES)}, "
+                                            f"got {self.dataset!r}")
+        need(_finite(self.width) and self.width > 0, f"--width must be a positive number, got {self.width}")
+        need(_int(self.resolution) and self.resolution >= 32,
+             f"--resolution must be an integer >= 32 (MobileNetV2's smallest input), got {self.resolution}")
+        need(self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        need(_int(self.epochs) and self.epochs >= 1, f"--epochs must be a positive integer, got {self.epochs}")
+        need(_int(self.batch_size) and self.batch_size >= 2,
+             f"--batch-size must be an integer >= 2 (BatchNorm needs two images), got {self.batch_size}")
+        need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                                           f"got {self.optimizer!r}")
+        need(_finite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(_finite(self.momentum) and 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be >= 0, got {self.weight_decay}")
+        need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                                         f"got {self.schedule!r}")
+        need(_int(self.warmup_epochs) and 0 <= self.warmup_epochs,
+             f"--warmup-epochs must be an integer >= 0, got {self.warmup_epochs}")
+        need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(_finite(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        need(_finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+             f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        need(self.limit is None or (_int(self.limit) and self.limit >= 2),
+             f"--limit must be an integer >= 2, got {self.limit}")
+        need(_int(self.seed) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
+        need(self.dtype in ("float32", "float64"), f"--dtype must be float32 or float64, got {self.dtype!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training options in the checkpoint: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def load_split(cfg: TrainConfig, split: str):
+    """One split of the configured dataset (a :class:`numpymnv2.data.Dataset`)."""
+    from numpymnv2.data import load_dataset
+    kwargs = {"size": cfg.resolution} if cfg.dataset == "folder" else {}
+    return load_dataset(cfg.dataset, cfg.data_dir, split=split, **kwargs)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)``: ``round(fraction * n_k)`` images of each class ``k`` held out, at random."""
+    rng = np.random.default_rng([seed, 2])
+    held = []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        held.append(rows[:int(round(fraction * len(rows)))])
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), held_out)
+    return keep, held_out
+
+
+def load_run_data(cfg: TrainConfig):
+    """``(train, val, val_source)``: the training and validation Datasets and where validation comes from.
+
+    Validation is the dataset's test split, or, with ``val_fraction > 0``, a stratified part of the training
+    split (the test split is then untouched). ``limit`` keeps a random subset of at most that many images of
+    each (for quick trials).
+    """
+    train = load_split(cfg, "train")
+    if cfg.val_fraction > 0:
+        keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
+        if len(held) == 0 or len(keep) < 2:
+            raise ValueError(f"--val-fraction {cfg.val_fraction} of {len(train)} training images leaves "
+                             f"{len(keep)} for training and {len(held)} for validation")
+        train, val = train.subset(keep), train.subset(held)
+        source = f"{cfg.val_fraction:g} of the train split"
+    else:
+        try:
+            val = load_split(cfg, "test")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}\n(no test split to validate on: pass --val-fraction 0.1 to hold "
+                                    f"out part of the training images instead)") from None
+        source = "test split"
+    if cfg.limit is not None:
+        train = _limit(train, cfg.limit, cfg.seed, 3)
+        val = _limit(val, cfg.limit, cfg.seed, 4)
+    if len(train) < 2:
+        raise ValueError(f"{cfg.dataset}: only {len(train)} training image(s); need at least 2")
+    if train.num_classes != val.num_classes:
+        raise ValueError(f"{cfg.dataset}: the train split has {train.num_classes} classes but the validation "
+                         f"data has {val.num_classes}")
+    return train, val, source
+
+
+def _limit(ds, n: int, seed: int, stream: int):
+    if len(ds) <= n:
+        return ds
+    rows = np.sort(np.random.default_rng([seed, stream]).permutation(len(ds))[:n])
+    return ds.subset(rows)
+
+
+def make_preprocess(cfg: TrainConfig, train) -> dict[str, Any]:
+    """The preprocessing record of a run: enough to turn any image into exactly what the network saw."""
+    from numpymnv2.data import channel_stats
+    H, W, C = train.image_shape
+    if C not in (1, 3):
+        raise ValueError(f"{cfg.dataset}: images must have 1 or 3 channels, got {C}")
+    mean, std = channel_stats(train.images)
+    if C == 1:
+        mean, std = np.repeat(mean, 3), np.repeat(std, 3)
+    flip = cfg.augment and cfg.dataset not in ("digits", "mnist")
+    return {"image_size": [int(H), int(W)], "channels": int(C), "resolution": int(cfg.resolution),
+            "mean": [float(m) for m in mean], "std": [float(max(s, 1e-8)) for s in std], "dtype": cfg.dtype,
+            "crop_padding": max(1, cfg.resolution // 8) if cfg.augment else 0, "flip": bool(flip)}
+
+
+def make_transform(preprocess: dict, train: bool):
+    """The batch transform of a preprocessing record (:func:`make_preprocess`); ``train`` adds augmentation.
+
+    ToFloat -> Resize(resolution) when the size differs -> GrayToRGB for one channel -> (training:
+    RandomCrop with zero padding, then RandomHorizontalFlip if enabled) -> Normalize(mean, std).
+    """
+    from numpymnv2.data import Compose, GrayToRGB, Normalize, RandomCrop, RandomHorizontalFlip, Resize, ToFloat
+    R = int(preprocess["resolution"])
+    steps = [ToFloat(preprocess["dtype"])]
+    if tuple(preprocess["image_size"]) != (R, R):
+        steps.append(Resize(R))
+    if preprocess["channels"] == 1:
+        steps.append(GrayToRGB())
+    if train and preprocess["crop_padding"] > 0:
+        steps.append(RandomCrop(R, padding=int(preprocess["crop_padding"])))
+    if train and preprocess["flip"]:
+        steps.append(RandomHorizontalFlip())
+    steps.append(Normalize(preprocess["mean"], preprocess["std"]))
+    return Compose(steps)
+
+
+def train_drop_last(n: int, batch_size: int) -> bool:
+    """Drop the last batch only when it would hold a single image (training BatchNorm cannot use it)."""
+    return n % batch_size == 1
+
+
+# -- model, optimizer, schedule -----------------------------------------------------------------------------
+def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """The architecture record: the MobileNetV2 constructor arguments (and the seed of the initial weights)."""
+    from numpymnv2.models.mobilenetv2 import CIFAR_SETTING, DEFAULT_SETTING
+    setting = CIFAR_SETTING if cfg.arch == "cifar" else DEFAULT_SETTING
+    return {"name": "MobileNetV2", "num_classes": int(num_classes), "width_mult": float(cfg.width),
+            "dropout": float(cfg.dropout), "stem_stride": 1 if cfg.arch == "cifar" else 2,
+            "inverted_residual_setting": [list(row) for row in setting], "dtype": cfg.dtype, "seed": cfg.seed}
+
+
+def build_model(spec: dict):
+    """A MobileNetV2 from an architecture record (:func:`model_spec`, or ``MobileNetV2.config``)."""
+    from numpymnv2.models import MobileNetV2
+    if not isinstance(spec, dict) or spec.get("name", "MobileNetV2") != "MobileNetV2":
+        raise ValueError(f"cannot build a model from {spec!r}: only MobileNetV2 checkpoints are supported")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return MobileNetV2(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"cannot build MobileNetV2 from the architecture record {spec}: {exc}") from None
+
+
+def build_optimizer(cfg: TrainConfig, model):
+    """The optimizer of ``cfg``; weight decay skips BatchNorm parameters and biases."""
+    from numpymnv2 import optim
+    groups = optim.param_groups(model.named_parameters(), weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("sgd", "nesterov"):
+        return optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov")
+    if cfg.optimizer == "rmsprop":
+        return optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return optim.Adam(groups, lr=cfg.lr)
+    return optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """The learning-rate schedule of ``cfg``, stepped once per optimizer step (t counts iterations).
+
+    ``cosine`` anneals to 0 at the end of ``epochs``; ``step`` divides the rate by 10 after each third of the
+    run; ``exponential`` multiplies it by 0.98 per epoch (the paper's decay, spread over the iterations);
+    ``constant`` keeps it. With ``warmup_epochs`` > 0 the rate first ramps linearly from 0.1 x lr.
+    """
+    from numpymnv2 import optim
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    main_steps = max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        sched = optim.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif cfg.schedule == "step":
+        sched = optim.StepLR(optimizer, step_size=max(1, math.ceil(main_steps / 3)), gamma=0.1)
+    elif cfg.schedule == "exponential":
+        sched = optim.ExponentialLR(optimizer, gamma=0.98 ** (1.0 / steps_per_epoch))
+    else:
+        sched = optim.StepLR(optimizer, step_size=1, gamma=1.0)
+    if warmup > 0:
+        sched = optim.with_warmup(sched, warmup_steps=warmup, start_factor=0.1)
+    return sched
+
+
+def run_record(cfg: TrainConfig, spec: dict, preprocess: dict, classes, train_size: int, val_size: int,
+               val_source: str) -> dict[str, Any]:
+    """The JSON configuration stored in every checkpoint (see the module docstring)."""
+    return {"train": cfg.to_dict(), "model": spec, "preprocess": preprocess, "classes": [str(c) for c in classes],
+            "data": {"dataset": cfg.dataset, "train_images": int(train_size), "val_images": int(val_size),
+                     "val_source": val_source}}
+
+
+def default_out_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / cfg.dataset

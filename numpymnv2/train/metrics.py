@@ -1,0 +1,137 @@
+"""Metrics of a run: the per-epoch table (CSV and JSON), the learning curves and the confusion matrix.
+
+One row of the history is a dict with the keys of :data:`FIELDS`; ``lr`` is the learning rate of the epoch's
+last step. Losses are means over the images of the
+epoch (training: under the weights of the moment, with dropout and augmentation; validation: the final weights
+in evaluation mode); accuracies are fractions in [0, 1]. The timing fields change from run to run; every
+other field is a deterministic function of the configuration, which the resume tests rely on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from numpymnv2.train.atomic import atomic_write, atomic_write_text
+
+FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s",
+          "elapsed_s")
+TIMING_FIELDS = ("epoch_time_s", "images_per_s", "elapsed_s")
+
+
+def without_timing(history: Sequence[dict]) -> list[dict]:
+    """The history without the wall-clock fields: what two equivalent runs must agree on exactly."""
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
+
+
+def write_metrics(out_dir, history: Sequence[dict], best: dict | None = None, config: dict | None = None) -> None:
+    """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (history, best epoch, config) atomically."""
+    out_dir = Path(out_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
+    atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
+    doc = {"history": list(history), "best": best, "config": config}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2) + "\n")
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    return repr(v) if isinstance(v, float) else v
+
+
+def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
+    """Loss and accuracy against epoch, training and validation, as a PNG; None when there is no history."""
+    if not history:
+        return None
+    epochs = [row["epoch"] for row in history]
+    fig = _figure((10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy (%)")):
+        scale = 100.0 if key == "acc" else 1.0
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [row.get(f"{split}_{key}") for row in history]
+            if all(v is None for v in values):
+                continue
+            ys = [math.nan if v is None else v * scale for v in values]
+            ax.plot(epochs, ys, style, markersize=3, label="training" if split == "train" else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if any(row.get("val_acc") is not None for row in history):
+        ax_acc.set_ylim(max(0.0, min(100 * r["val_acc"] for r in history if r.get("val_acc") is not None) - 5),
+                        100.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# -- classification results -------------------------------------------------------------------------------
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[i, j]`` = number of images of true class ``i`` predicted as ``j``; int64, shape (K, K)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Recall of each class: the diagonal over the row sums (NaN for a class without images)."""
+    totals = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(cm) / np.maximum(totals, 1), np.nan)
+
+
+def format_confusion(cm: np.ndarray, classes: Sequence[str]) -> str:
+    """The confusion matrix as an aligned text table: rows are true classes, columns predictions."""
+    names = [str(c) for c in classes]
+    width = max(max(len(n) for n in names), len(str(int(cm.max(initial=0)))), 3)
+    head = " " * (width + 2) + " ".join(n[:width].rjust(width) for n in names)
+    lines = ["true \\ predicted", head]
+    for name, row in zip(names, cm):
+        lines.append(name[:width].rjust(width) + "  " + " ".join(str(int(v)).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(path, cm: np.ndarray, classes: Sequence[str], title: str = "") -> Path:
+    """The confusion matrix as a PNG heat map with the counts written in the cells."""
+    k = len(classes)
+    size = min(4 + 0.45 * k, 20)
+    fig = _figure((size, size * 0.9))
+    ax = fig.subplots()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0)
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 30:
+        threshold = cm.max(initial=0) / 2
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > threshold else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _figure(figsize):
+    # A bare Figure renders with Agg and leaves pyplot's global state (and any GUI backend) alone.
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize)
+
+
+def _save_figure(fig, path) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

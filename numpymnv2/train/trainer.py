@@ -1,0 +1,499 @@
+"""The training loop: epochs of training and evaluation, metrics, checkpoints and an exact resume.
+
+One optimizer step is::
+
+    logits = model(x)                                   # training mode: batch statistics, dropout
+    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+    model.backward(dlogits)                             # fills Parameter.grad
+    optimizer.step(); schedule.step()                   # the schedule counts iterations
+
+What makes a resumed run identical, bit for bit, to one never stopped
+-------------------------------------------------------------------
+Everything a step depends on is either saved or a pure function of saved numbers:
+
+* the weights and BatchNorm buffers (``model.state_dict()``), the optimizer's state, the schedule's position;
+* the dropout generators' ``bit_generator.state``;
+* the data: the loader's batches of epoch ``e`` depend only on ``(seed, e)`` (see
+  :mod:`numpymnv2.data.loader`), so a run resumed at batch ``b`` of epoch ``e`` asks for
+  ``loader.epoch(e, start_batch=b)``;
+* the running sums of the unfinished epoch (so its reported loss and accuracy come out the same).
+
+A checkpoint is therefore taken only *between* steps. Ctrl-C does not stop a step half-way: the trainer's
+SIGINT handler only raises a flag, and the loop saves ``last.npz`` after the step in flight (a second Ctrl-C
+stops at once). A ``KeyboardInterrupt`` raised some other way inside a step (for instance where the handler
+cannot be installed, off the main thread) rolls the step back: the BatchNorm buffers and generators are
+restored from a copy taken when the step began; the parameters have not moved until ``optimizer.step()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from numpymnv2.functional.loss import softmax_cross_entropy
+from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, generator_states, load_model_state,
+                                        module_generators, restore_generator_states, save_checkpoint)
+from numpymnv2.train.metrics import plot_curves, write_metrics
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the logits) became NaN or infinite; the run stopped without saving the broken weights."""
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` did.
+
+    Attributes
+    ----------
+    status : {"finished", "interrupted"}
+    epochs_done : int
+        Finished epochs (all of them, counting those of earlier sessions of a resumed run).
+    history : list of dict
+        The metrics of every finished epoch (see :mod:`numpymnv2.train.metrics`).
+    best : dict or None
+        ``{"epoch": ..., "val_acc": ...}`` of the best validation accuracy.
+    last_checkpoint, best_checkpoint : Path or None
+        The files written (None without an output folder).
+    """
+
+    status: str
+    epochs_done: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+
+def _fresh_progress() -> dict[str, Any]:
+    return {"epoch": 0, "batch": 0, "step": 0, "elapsed_s": 0.0,
+            "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "lr": None}}
+
+
+class Trainer:
+    """Train a model for a number of epochs, evaluating after each, with checkpoints and metrics on disk.
+
+    Parameters
+    ----------
+    model : Module
+        Anything with ``__call__``, ``backward``, ``train``/``eval``, ``state_dict``/``load_state_dict`` and
+        ``named_modules`` (a :class:`~numpymnv2.models.MobileNetV2`, or a small ``Sequential`` in tests).
+    optimizer : Optimizer
+        Built on the model's parameters.
+    train_loader : DataLoader
+        Must provide ``epoch(e, start_batch=b)``, ``len()`` and ``batch_size``.
+    val_loader : DataLoader, optional
+        Evaluated after every epoch; ``best.npz`` follows its accuracy. Without it there is no best checkpoint.
+    epochs : int
+        Total number of epochs of the run (a resumed run continues up to it).
+    schedule : LRScheduler, optional
+        Stepped after every optimizer step.
+    out_dir : str or Path, optional
+        Where ``last.npz``, ``best.npz``, ``metrics.csv``, ``metrics.json`` and ``curves.png`` go; nothing is
+        written without it.
+    config : dict, optional
+        JSON-able description of the run stored in every checkpoint; ``config["model"]`` names the
+        architecture in error messages.
+    label_smoothing : float
+        Of the training loss (validation always uses the plain cross-entropy).
+    progress : bool
+        Show a tqdm progress bar per epoch; without it one line per epoch is logged instead.
+    log : callable, optional
+        Receives every message (default: print to stdout, through tqdm so bars stay intact).
+    """
+
+    def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int, schedule=None,
+                 out_dir=None, config: dict | None = None, label_smoothing: float = 0.0, progress: bool = True,
+                 log: Callable[[str], None] | None = None):
+        if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+            raise ValueError(f"Trainer: epochs must be a positive integer, got {epochs!r}")
+        if len(train_loader) == 0:
+            raise ValueError("Trainer: the training loader yields no batch")
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.epochs = int(epochs)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.config = dict(config or {})
+        self.label_smoothing = float(label_smoothing)
+        self.progress = bool(progress)
+        self._log = log
+        self.generators = module_generators(model)
+        self.position = _fresh_progress()
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._stop_requested = False
+        self._step_snapshot = None      # BatchNorm buffers and generator states at the start of the step
+        self._updating = False          # inside optimizer.step() .. bookkeeping: state would be torn
+        self._step_lr = None            # the learning rate of the step in flight
+        self._last_saved_epoch = None
+
+    # -- paths and messages ---------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "last.npz"
+
+    @property
+    def best_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "best.npz"
+
+    def say(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+        else:
+            from tqdm import tqdm
+            tqdm.write(message, file=sys.stdout)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        """The complete state of the run at this moment (between two steps)."""
+        return Checkpoint(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                          schedule=self.schedule.state_dict() if self.schedule is not None else {},
+                          config=self.config, progress=_copy_json(self.position),
+                          history=_copy_json(self.history), best=_copy_json(self.best),
+                          rng=generator_states(self.generators))
+
+    def save(self, path=None) -> Path:
+        """Write :meth:`checkpoint` to ``path`` (default ``out_dir/last.npz``) atomically; return the path."""
+        path = Path(path) if path is not None else self.last_path
+        if path is None:
+            raise ValueError("Trainer.save: no path given and the trainer has no out_dir")
+        return save_checkpoint(path, self.checkpoint())
+
+    def restore(self, ckpt: Checkpoint) -> "Trainer":
+        """Continue from a checkpoint: weights, optimizer, schedule, generators, position and metrics.
+
+        The schedule is restored to the checkpoint's position. When the run's length changed (a resumed run with
+        more ``epochs``), the schedule built for the new length keeps its own shape and only takes the position,
+        so a cosine schedule then spans the new total.
+        """
+        where = str(ckpt.path or "checkpoint")
+        load_model_state(self.model, ckpt, self.config.get("model"))
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{where}: the optimizer state does not fit this run's optimizer "
+                                  f"({type(self.optimizer).__name__}); was it saved with another --optimizer?\n"
+                                  f"{exc}") from None
+        self._restore_schedule(ckpt, where)
+        restore_generator_states(self.generators, ckpt.rng, where)
+        progress = ckpt.progress
+        try:
+            position = _fresh_progress()
+            position.update({k: progress[k] for k in ("epoch", "batch", "step", "elapsed_s")})
+            position["partial"].update(progress["partial"])
+            ok = (int(position["epoch"]) == len(ckpt.history) and 0 <= int(position["batch"]) <= len(self.train_loader))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{where}: its progress record {progress!r} does not fit {len(ckpt.history)} "
+                                  f"finished epochs and {len(self.train_loader)} batches per epoch (another "
+                                  f"--batch-size or dataset?)")
+        self.position = position
+        self.history = _copy_json(ckpt.history)
+        self.best = _copy_json(ckpt.best)
+        return self
+
+    def _restore_schedule(self, ckpt: Checkpoint, where: str) -> None:
+        if self.schedule is None:
+            return
+        step = int(ckpt.progress.get("step", 0))
+        state = self.schedule.state_dict()
+        same_shape = set(state) == set(ckpt.schedule) and all(
+            k.endswith("last_epoch") or np.array_equal(state[k], ckpt.schedule[k]) for k in state)
+        try:
+            if same_shape:
+                self.schedule.load_state_dict(ckpt.schedule)
+            else:
+                state["last_epoch"] = np.array(step, dtype=np.int64)
+                self.schedule.load_state_dict(state)
+                self.say(f"note: the learning-rate schedule now spans {self.epochs} epochs; it continues from "
+                         f"step {step} with lr {self.lr:.4g}")
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{where}: cannot restore the learning-rate schedule: {exc}") from None
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def _snapshot(self):
+        return ([b.copy() for _, b in self.model.named_buffers()], generator_states(self.generators))
+
+    def _rollback(self, snapshot) -> None:
+        buffers, gens = snapshot
+        for (_, b), saved in zip(self.model.named_buffers(), buffers):
+            b[...] = saved
+        restore_generator_states(self.generators, gens, "rollback")
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One optimizer step on a batch; returns (mean loss, number correct). Raises NonFiniteLossError."""
+        self.optimizer.zero_grad()
+        logits = self.model(x)
+        if not np.isfinite(logits).all():
+            raise NonFiniteLossError("the logits")
+        loss, dlogits = softmax_cross_entropy(logits, y, self.label_smoothing)
+        if not np.isfinite(loss):
+            raise NonFiniteLossError("the loss")
+        self.model.backward(dlogits)
+        correct = int((logits.argmax(axis=1) == y).sum())
+        self._step_lr = self.lr
+        self._updating = True
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        return float(loss), correct
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def evaluate(self, loader=None) -> dict[str, float]:
+        """Mean cross-entropy and accuracy of the model in evaluation mode over ``loader`` (default: validation)."""
+        loader = self.val_loader if loader is None else loader
+        loss, acc, _, _ = evaluate_model(self.model, loader)
+        return {"loss": loss, "acc": acc}
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def fit(self, stop_after_epoch: int | None = None) -> FitResult:
+        """Train until ``epochs`` are done (or, if given, until epoch ``stop_after_epoch``); return a FitResult.
+
+        Raises
+        ------
+        NonFiniteLossError
+            The loss became NaN or infinite. Nothing is saved after that: ``last.npz`` stays the last good one.
+        """
+        end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
+        self._stop_requested = False
+        status = "finished"
+        with self._deferred_sigint():
+            try:
+                while self.position["epoch"] < end:
+                    if not self._run_epoch():
+                        status = "interrupted"
+                        break
+            except KeyboardInterrupt:
+                status = self._on_raw_interrupt()
+        return FitResult(status=status, epochs_done=len(self.history), history=_copy_json(self.history),
+                         best=_copy_json(self.best),
+                         last_checkpoint=self.last_path if self.last_path and self.last_path.exists() else None,
+                         best_checkpoint=self.best_path if self.best_path and self.best_path.exists() else None)
+
+    def _run_epoch(self) -> bool:
+        """Train (the rest of) the current epoch and evaluate; False if stopped by Ctrl-C."""
+        pos = self.position
+        e, n_batches = int(pos["epoch"]), len(self.train_loader)
+        bar = self._bar(e, n_batches, int(pos["batch"]))
+        try:
+            self.model.train()
+            t_start = time.perf_counter()
+            time_before = pos["partial"]["time_s"]
+            for x, y in self.train_loader.epoch(e, start_batch=int(pos["batch"])):
+                self._step_snapshot = self._snapshot()
+                try:
+                    loss, correct = self.train_step(x, y)
+                except NonFiniteLossError as exc:
+                    raise self._diverged(str(exc)) from None
+                part = pos["partial"]
+                part["loss_sum"] += loss * len(y)
+                part["correct"] += correct
+                part["seen"] += len(y)
+                part["time_s"] = time_before + time.perf_counter() - t_start
+                part["lr"] = self._step_lr
+                pos["batch"] += 1
+                pos["step"] += 1
+                self._updating = False
+                self._step_snapshot = None
+                if bar is not None:
+                    bar.set_postfix_str(self._postfix(), refresh=False)
+                    bar.update(1)
+                if self._stop_requested:
+                    return self._save_interrupted()
+            train_time = pos["partial"]["time_s"]
+            t_eval = time.perf_counter()
+            val = self.evaluate() if self.val_loader is not None else None
+            eval_time = time.perf_counter() - t_eval
+            row = self._epoch_row(e, val, train_time, eval_time)
+            self._updating = True
+            self.history.append(row)
+            improved = row["val_acc"] is not None and (self.best is None or row["val_acc"] > self.best["val_acc"])
+            if improved:
+                self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
+            self.position = pos = _fresh_progress() | {"epoch": e + 1, "step": pos["step"],
+                                                       "elapsed_s": row["elapsed_s"]}
+            self._updating = False
+            if bar is not None:
+                bar.set_postfix_str(self._postfix(row), refresh=False)
+            else:
+                self.say(self._epoch_line(row))
+        finally:
+            if bar is not None:
+                bar.close()
+        self._write_epoch_files(improved)
+        if self._stop_requested:
+            return self._save_interrupted(saved=True)
+        return True
+
+    def _epoch_row(self, e: int, val, train_time: float, eval_time: float) -> dict[str, Any]:
+        part = self.position["partial"]
+        seen = max(part["seen"], 1)
+        epoch_time = train_time + eval_time
+        return {"epoch": e + 1, "lr": part["lr"],
+                "train_loss": part["loss_sum"] / seen, "train_acc": part["correct"] / seen,
+                "val_loss": None if val is None else val["loss"], "val_acc": None if val is None else val["acc"],
+                "epoch_time_s": round(epoch_time, 3),
+                "images_per_s": round(part["seen"] / train_time, 1) if train_time > 0 else None,
+                "elapsed_s": round(self.position["elapsed_s"] + epoch_time, 3)}
+
+    def _write_epoch_files(self, improved: bool) -> None:
+        if self.out_dir is None:
+            return
+        self.save(self.last_path)
+        if improved:
+            self.save(self.best_path)
+        write_metrics(self.out_dir, self.history, self.best, self.config)
+        plot_curves(self.out_dir / "curves.png", self.history, title=self._title())
+
+    def _title(self) -> str:
+        spec = self.config.get("model") or {}
+        data = self.config.get("data") or {}
+        if spec.get("name") and data.get("dataset"):
+            return f"{spec['name']} (width {spec.get('width_mult')}) on {data['dataset']}"
+        return ""
+
+    # -- interruption and divergence -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _deferred_sigint(self):
+        """While training, the first Ctrl-C asks the loop to stop after the current step; a second one stops now."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.say("\nCtrl-C: stopping after this step to save a checkpoint (press Ctrl-C again to quit now)")
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _save_interrupted(self, saved: bool = False) -> bool:
+        pos = self.position
+        if self.out_dir is not None:
+            if not saved:
+                self.save(self.last_path)
+            self.say(f"Interrupted at epoch {pos['epoch'] + 1}, batch {pos['batch']}/{len(self.train_loader)}: "
+                     f"saved {self.last_path}")
+        else:
+            self.say(f"Interrupted at epoch {pos['epoch'] + 1}, batch {pos['batch']}/{len(self.train_loader)}")
+        return False
+
+    def _on_raw_interrupt(self) -> str:
+        """A KeyboardInterrupt escaped the deferred handler: roll back the step in flight, then save."""
+        if self._updating:
+            self.say("Interrupted while the weights were being updated: the state in memory is inconsistent, "
+                     "so nothing was saved" + (f"; {self.last_path} is the last checkpoint"
+                                               if self.last_path and self.last_path.exists() else ""))
+            return "interrupted"
+        if self._step_snapshot is not None:
+            self._rollback(self._step_snapshot)
+            self._step_snapshot = None
+        self._save_interrupted()
+        return "interrupted"
+
+    def _diverged(self, what: str) -> NonFiniteLossError:
+        pos = self.position
+        where = (f"epoch {pos['epoch'] + 1}, batch {pos['batch'] + 1}/{len(self.train_loader)} "
+                 f"(step {pos['step'] + 1}, lr {self.lr:.4g})")
+        if self.last_path is not None and self.last_path.exists():
+            kept = f"The last good checkpoint, {self.last_path}, is kept ({len(self.history)} epochs done)."
+        elif self.out_dir is not None:
+            kept = "No checkpoint had been written yet."
+        else:
+            kept = ""
+        return NonFiniteLossError(f"training diverged: {what} became NaN or infinite at {where}; the run is "
+                                  f"stopped. {kept} Try a smaller --lr (or a warm-up), or check the "
+                                  f"input data.".replace("  ", " ").strip())
+
+    # -- display --------------------------------------------------------------------------------------------
+    def _bar(self, e: int, n_batches: int, start: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=n_batches, initial=start, desc=f"epoch {e + 1}/{self.epochs}", unit="batch",
+                    leave=True, dynamic_ncols=True, file=sys.stderr)
+
+    def _postfix(self, row: dict | None = None) -> str:
+        part = self.position["partial"]
+        if row is None:
+            seen = max(part["seen"], 1)
+            speed = part["seen"] / part["time_s"] if part["time_s"] > 0 else 0.0
+            return (f"loss={part['loss_sum'] / seen:.4f} acc={100 * part['correct'] / seen:.1f}% "
+                    f"lr={part['lr'] or 0:.3g} img/s={speed:.0f}")
+        text = (f"loss={row['train_loss']:.4f} acc={100 * row['train_acc']:.1f}% lr={row['lr'] or 0:.3g} "
+                f"img/s={row['images_per_s'] or 0:.0f}")
+        if row["val_acc"] is not None:
+            text += f" | val loss={row['val_loss']:.4f} acc={100 * row['val_acc']:.1f}%"
+            if self.best and self.best["epoch"] == row["epoch"]:
+                text += " *"
+        return text
+
+    def _epoch_line(self, row: dict) -> str:
+        return f"epoch {row['epoch']}/{self.epochs}: {self._postfix(row)} ({row['epoch_time_s']:.1f} s)"
+
+
+def evaluate_model(model, loader) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Evaluate ``model`` in evaluation mode over every batch of ``loader``.
+
+    Returns
+    -------
+    loss : float
+        Mean cross-entropy over the images.
+    acc : float
+        Fraction of images whose top class is the label.
+    predictions : ndarray of int64, shape (N,)
+    labels : ndarray of int64, shape (N,)
+
+    The model's previous mode is restored afterwards.
+    """
+    was_training = getattr(model, "training", False)
+    model.eval()
+    loss_sum, preds, labels = 0.0, [], []
+    try:
+        for x, y in loader.epoch(0):
+            logits = model(x)
+            if not np.isfinite(logits).all():
+                raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "
+                                         "weights (or BatchNorm statistics) are broken")
+            loss, _ = softmax_cross_entropy(logits, y)
+            loss_sum += float(loss) * len(y)
+            preds.append(logits.argmax(axis=1))
+            labels.append(np.asarray(y))
+    finally:
+        model.train(was_training)
+    n = sum(len(p) for p in preds)
+    if n == 0:
+        raise ValueError("evaluate: the loader yields no images")
+    predictions = np.concatenate(preds).astype(np.int64)
+    labels_all = np.concatenate(labels).astype(np.int64)
+    return loss_sum / n, float((predictions == labels_all).mean()), predictions, labels_all
+
+
+def _copy_json(value):
+    """A deep copy of plain JSON data (dicts, lists, numbers, strings, None)."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value

@@ -1,0 +1,157 @@
+"""The training loop: learning, exact resume (between epochs, mid-epoch, after Ctrl-C), divergence, files."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from numpymnv2.data import default_transform
+from numpymnv2.train.checkpoint import load_checkpoint
+from numpymnv2.train.trainer import NonFiniteLossError
+
+
+def test_a_few_steps_lower_the_loss(make_trainer, digits_small):
+    train, _ = digits_small
+    trainer = make_trainer(epochs=1, lr=0.5)
+    x = default_transform(train, train=False)(train.images[:64], None)
+    y = train.labels[:64]
+    losses = [trainer.train_step(x, y)[0] for _ in range(30)]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_fit_writes_checkpoints_metrics_and_curves(make_trainer, tmp_path):
+    result = make_trainer(tmp_path, epochs=2).fit()
+    assert result.status == "finished" and result.epochs_done == 2
+    assert {"last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png"} <= set(os.listdir(tmp_path))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:6] == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert len(rows) == 3
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in doc["history"]] == [1, 2]
+    assert doc["best"]["val_acc"] == max(r["val_acc"] for r in doc["history"])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = load_checkpoint(tmp_path / "last.npz")
+    assert ckpt.progress["epoch"] == 2 and ckpt.progress["batch"] == 0 and len(ckpt.history) == 2
+    assert load_checkpoint(tmp_path / "best.npz").best == doc["best"]
+
+
+def test_two_epochs_equal_one_then_resume_then_one_more(make_trainer, assert_same_run, tmp_path):
+    """A run of 2 epochs, and a run of 1 epoch resumed with epochs=2 in a fresh Trainer, agree bit for bit."""
+    straight = make_trainer(tmp_path / "a", epochs=2)
+    straight.fit()
+
+    first = make_trainer(tmp_path / "b", epochs=1)
+    first.fit()
+    resumed = make_trainer(tmp_path / "b", epochs=2)
+    resumed.restore(load_checkpoint(tmp_path / "b" / "last.npz"))
+    assert resumed.position["epoch"] == 1
+    resumed.fit()
+    assert_same_run(straight, resumed)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_resume_with_a_cosine_schedule_stopped_after_one_epoch(make_trainer, assert_same_run, tmp_path):
+    straight = make_trainer(tmp_path / "a", epochs=2, schedule="cosine")
+    straight.fit()
+    first = make_trainer(tmp_path / "b", epochs=2, schedule="cosine")
+    assert first.fit(stop_after_epoch=1).epochs_done == 1
+    resumed = make_trainer(tmp_path / "b", epochs=2, schedule="cosine")
+    resumed.restore(load_checkpoint(tmp_path / "b" / "last.npz"))
+    resumed.fit()
+    assert_same_run(straight, resumed)
+
+
+def _interrupt_at(trainer, step: int, how):
+    """Make global step ``step`` (0-based) of ``trainer`` interrupt itself: by a real SIGINT after the forward
+    pass (the handler defers it), or by raising KeyboardInterrupt from inside the backward pass."""
+    model = trainer.model
+    forward, backward = model.forward, model.backward
+    calls = {"n": 0}
+
+    def forward_hook(x):
+        out = forward(x)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == step + 1 and how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    def backward_hook(dout):
+        if calls["n"] == step + 1 and how == "raise":
+            raise KeyboardInterrupt
+        return backward(dout)
+
+    model.forward, model.backward = forward_hook, backward_hook
+
+
+@pytest.mark.parametrize("how", ["sigint", "raise"])
+def test_ctrl_c_saves_and_the_resumed_run_is_identical(make_trainer, assert_same_run, tmp_path, how):
+    """Ctrl-C in the middle of epoch 2 saves last.npz at a step boundary; resuming from it reproduces the run.
+
+    With a real SIGINT the step in flight completes first. A KeyboardInterrupt raised inside the backward pass
+    (after the forward pass moved the BatchNorm statistics and the dropout generator) is rolled back.
+    """
+    straight = make_trainer(tmp_path / "a", epochs=2, schedule="cosine")
+    straight.fit()
+
+    interrupted = make_trainer(tmp_path / "b", epochs=2, schedule="cosine")
+    steps_per_epoch = len(interrupted.train_loader)
+    _interrupt_at(interrupted, steps_per_epoch + 2, how)
+    result = interrupted.fit()
+    assert result.status == "interrupted" and result.epochs_done == 1
+    ckpt = load_checkpoint(tmp_path / "b" / "last.npz")
+    done = 3 if how == "sigint" else 2          # the rolled-back step is redone on resume
+    assert (ckpt.progress["epoch"], ckpt.progress["batch"]) == (1, done)
+    assert ckpt.progress["step"] == steps_per_epoch + done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    resumed = make_trainer(tmp_path / "b", epochs=2, schedule="cosine")
+    resumed.restore(ckpt)
+    resumed.fit()
+    assert_same_run(straight, resumed)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3)
+    trainer.fit(stop_after_epoch=1)
+    good = (tmp_path / "last.npz").read_bytes()
+    good_metrics = (tmp_path / "metrics.json").read_text()
+
+    linear = trainer.model[4]
+    linear.weight.data[0, 0] = np.nan                   # as if an update had overflowed
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "NaN or infinite" in message and "epoch 2, batch 1/" in message
+    assert str(tmp_path / "last.npz") in message and "--lr" in message
+    assert (tmp_path / "last.npz").read_bytes() == good
+    assert (tmp_path / "metrics.json").read_text() == good_metrics
+    assert load_checkpoint(tmp_path / "last.npz").progress["epoch"] == 1
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_was_written(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.model[4].bias.data[:] = np.inf
+    with pytest.raises(NonFiniteLossError, match="No checkpoint had been written yet"):
+        trainer.fit()
+    assert not (tmp_path / "last.npz").exists()
+
+
+def test_fit_without_an_output_folder_writes_nothing(make_trainer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = make_trainer(None, epochs=1).fit()
+    assert result.last_checkpoint is None and os.listdir(tmp_path) == []
+    assert len(result.history) == 1
+
+
+def test_progress_bar_shows_loss_accuracy_lr_and_speed(make_trainer, tmp_path, capsys):
+    make_trainer(tmp_path, epochs=1, progress=True).fit()
+    err = capsys.readouterr().err
+    for text in ("epoch 1/1", "loss=", "acc=", "lr=", "img/s=", "val loss="):
+        assert text in err
