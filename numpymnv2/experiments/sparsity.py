@@ -292,7 +292,7 @@ def format_table(report: SparsityReport) -> str:
     return "\n".join(lines)
 
 
-def plot_sparsity(reports, path, title: str = "") -> Path:
+def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) -> Path:
     """Write one PNG: per layer, the near-zero fraction (top) and every kernel's norm over its layer's max (bottom).
 
     Parameters
@@ -302,6 +302,8 @@ def plot_sparsity(reports, path, title: str = "") -> Path:
     path : str or Path
         Where to write the PNG; parent folders are created.
     title : str
+    colors : dict of str to colour, optional
+        A matplotlib colour per label (default: the colour cycle).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -318,7 +320,7 @@ def plot_sparsity(reports, path, title: str = "") -> Path:
     width = 0.8 / len(reports)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, report) in enumerate(reports.items()):
-        colour = colours[k % len(colours)]
+        colour = (colors or {}).get(label, colours[k % len(colours)])
         offset = (k - (len(reports) - 1) / 2) * width
         top.bar(x + offset, [layer.fraction for layer in report.layers], width, color=colour,
                 label=f"{label}: raw ({report.fraction:.3f} overall)")
