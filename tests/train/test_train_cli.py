@@ -1,0 +1,162 @@
+"""``numpymnv2 train | evaluate | predict`` end to end, on a tiny MobileNetV2 and a few dozen digits."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from numpymnv2.cli import main
+from numpymnv2.data import load_dataset
+from numpymnv2.train import trainer as trainer_module
+from numpymnv2.train.checkpoint import load_checkpoint
+from numpymnv2.train.inference import load_trained_model, predict_proba, read_images
+from numpymnv2.train.metrics import without_timing
+
+TINY = ["--width", "0.1", "--limit", "48", "--batch-size", "16", "--no-progress"]
+
+
+def train(out, *extra):
+    return main(["train", "--out", str(out), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 1-epoch run; tests only read it."""
+    out = tmp_path_factory.mktemp("run")
+    assert train(out, "--epochs", "1") == 0
+    return out
+
+
+def test_train_writes_every_file_and_says_what_it_did(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1") == 0
+    stdout = capsys.readouterr().out
+    assert {"last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png"} == set(os.listdir(out))
+    for text in ("MobileNetV2 width 0.1", "48 training / 48 validation images", "8x8x1 -> 32x32x3",
+                 "epoch 1/1:", "val loss=", "done: 1 epochs", "files in", "numpymnv2 evaluate --checkpoint"):
+        assert text in stdout
+    ckpt = load_checkpoint(out / "last.npz")
+    assert ckpt.config["train"]["width"] == 0.1 and ckpt.config["model"]["name"] == "MobileNetV2"
+    assert ckpt.config["preprocess"]["resolution"] == 32 and ckpt.config["classes"] == [str(d) for d in range(10)]
+
+
+def test_resume_alone_continues_the_run_in_out_bit_for_bit(tmp_path):
+    """--epochs 1, then --resume --epochs 2, equals --epochs 2 (a schedule that does not depend on the length)."""
+    same = ["--schedule", "constant", "--warmup-epochs", "0"]
+    assert train(tmp_path / "straight", "--epochs", "2", *same) == 0
+    assert train(tmp_path / "resumed", "--epochs", "1", *same) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    a, b = load_checkpoint(tmp_path / "straight" / "last.npz"), load_checkpoint(tmp_path / "resumed" / "last.npz")
+    for group in ("model", "optimizer", "schedule"):
+        x, y = getattr(a, group), getattr(b, group)
+        assert sorted(x) == sorted(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{group}/{k}", strict=True)
+    assert a.rng == b.rng and a.progress["step"] == b.progress["step"]
+    assert without_timing(a.history) == without_timing(b.history)
+    rows = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_from_a_given_checkpoint_and_a_finished_run(finished_run, tmp_path, capsys):
+    assert main(["train", "--resume", str(finished_run / "last.npz"), "--epochs", "1", "--no-progress"]) == 0
+    assert "already done 1 of 1 epochs" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_the_command_saves_and_tells_how_to_continue(tmp_path, monkeypatch, capsys):
+    real_step = trainer_module.Trainer.train_step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1") == 130
+    stdout = capsys.readouterr().out
+    assert "Interrupted at epoch 1, batch 2/3" in stdout
+    assert f"continue with: numpymnv2 train --out {out} --resume" in stdout
+    assert load_checkpoint(out / "last.npz").progress["batch"] == 2
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert len(load_checkpoint(out / "last.npz").history) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "1"], "already holds a run"),
+    (["--resume", "--width", "0.5"], "these options differ from it: --width 0.5 (the run has 0.1)"),
+])
+def test_train_refuses_to_mix_runs(finished_run, capsys, argv, message):
+    assert main(["train", "--out", str(finished_run), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_option_errors(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "x"), "--width", "-1"]) == 2
+    assert "--width must be a positive number, got -1.0" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_prints_accuracy_per_class_and_the_confusion_matrix(finished_run, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(finished_run / "best.npz"), "--limit", "40",
+                 "--out", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
+    for text in ("accuracy:", "(after 1 epoch;", "test split, 40 images", "per-class accuracy:",
+                 "confusion matrix (rows: true class, columns: predicted class):", "true \\ predicted"):
+        assert text in stdout
+    report = json.loads((tmp_path / "best_test_evaluation.json").read_text())
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 40
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / 40)
+    assert (tmp_path / "best_test_confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_rejects_what_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.npz").write_text("hello")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "notes.npz")]) == 2
+    assert "is not a readable numpymnv2 checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_reads_images_as_training_did(finished_run, tmp_path, capsys):
+    test = load_dataset("digits", split="test")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(test.images[i, :, :, 0]).save(paths[-1])
+    assert main(["predict", "--checkpoint", str(finished_run), "--top-k", "2", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(paths[0]) and lines[1].startswith("  1. ") and lines[2].startswith("  2. ")
+    assert len(lines) == 9 and lines[1].endswith("%")
+
+    model, ckpt = load_trained_model(finished_run)
+    pre = ckpt.config["preprocess"]
+    np.testing.assert_array_equal(read_images(paths, pre), test.images[:3])     # the same pixels
+    probs = predict_proba(model, test.images[:3], pre)
+    top = int(np.argmax(probs[0]))
+    assert lines[1] == f"  1. {top}  {100 * probs[0, top]:6.2f}%"
+
+
+def test_predict_resizes_and_converts_other_images(finished_run, tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(path)
+    _, ckpt = load_trained_model(finished_run)
+    x = read_images([path], ckpt.config["preprocess"])
+    assert x.shape == (1, 8, 8, 1) and x.dtype == np.uint8 and (x == 200).all()
+    assert (read_images([path], ckpt.config["preprocess"], invert=True) == 55).all()
+
+
+def test_predict_errors(finished_run, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["predict", "--checkpoint", str(finished_run), str(bad)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(finished_run), str(tmp_path / "none.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
