@@ -15,6 +15,7 @@ from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, b
                                     make_transform, model_spec, run_record, train_drop_last)
 
 _FROM_OUT = "<out>/last.npz"
+RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png")
 EXIT_INTERRUPTED = 130
 
 
@@ -96,6 +97,9 @@ def _resolve(args):
         if last.exists() and not args.overwrite:
             raise ValueError(f"{out} already holds a run ({last}); continue it with --resume (and --epochs for a "
                              f"longer run), start over with --overwrite, or choose another --out")
+        if args.overwrite:
+            for name in RUN_FILES:      # no file of the old run may outlive the new one's first epoch
+                (out / name).unlink(missing_ok=True)
         return cfg, out, None
 
     if args.resume == _FROM_OUT:
@@ -174,6 +178,14 @@ def describe_run(trainer, cfg: TrainConfig, out: Path) -> str:
 
 
 def run(args) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:       # before or after training: nothing to save
+        print("numpymnv2 train: interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _run(args) -> int:
     from numpymnv2.backend import use_backend
     from numpymnv2.train.trainer import NonFiniteLossError
     cfg, out, ckpt = _resolve(args)
@@ -212,8 +224,7 @@ def _summary(result, wall: float, out: Path) -> str:
         best = result.best
         lines[0] += (f"; validation accuracy {100 * last['val_acc']:.2f}% after the last epoch, best "
                      f"{100 * best['val_acc']:.2f}% at epoch {best['epoch']}")
-    files = [p.name for p in (out / "last.npz", out / "best.npz", out / "metrics.csv", out / "metrics.json",
-                              out / "curves.png") if p.exists()]
+    files = [name for name in RUN_FILES if (out / name).exists()]
     lines.append(f"files in {out}: {', '.join(files)}")
     lines.append(f"evaluate: numpymnv2 evaluate --checkpoint {out / 'last.npz'}")
     return "\n".join(lines)

@@ -131,7 +131,8 @@ class Trainer:
         self.position = _fresh_progress()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
-        self._stop_requested = False
+        self._stop_requested = False    # the first Ctrl-C: save after the step in flight
+        self._force_quit = False        # the second Ctrl-C: stop at once, save nothing more
         self._step_snapshot = None      # BatchNorm buffers and generator states at the start of the step
         self._updating = False          # inside optimizer.step() .. bookkeeping: state would be torn
         self._step_lr = None            # the learning rate of the step in flight
@@ -270,7 +271,7 @@ class Trainer:
             The loss became NaN or infinite. Nothing is saved after that: ``last.npz`` stays the last good one.
         """
         end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
-        self._stop_requested = False
+        self._stop_requested = self._force_quit = False
         status = "finished"
         with self._deferred_sigint():
             try:
@@ -378,6 +379,7 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_requested:
+                self._force_quit = True
                 raise KeyboardInterrupt
             self._stop_requested = True
             self.say("\nCtrl-C: stopping after this step to save a checkpoint (press Ctrl-C again to quit now)")
@@ -401,6 +403,10 @@ class Trainer:
 
     def _on_raw_interrupt(self) -> str:
         """A KeyboardInterrupt escaped the deferred handler: roll back the step in flight, then save."""
+        if self._force_quit:
+            self.say("Stopped at once (second Ctrl-C)" + (f"; {self.last_path} is the last checkpoint"
+                                                          if self.last_path and self.last_path.exists() else ""))
+            return "interrupted"
         if self._updating:
             self.say("Interrupted while the weights were being updated: the state in memory is inconsistent, "
                      "so nothing was saved" + (f"; {self.last_path} is the last checkpoint"
@@ -446,7 +452,7 @@ class Trainer:
         if row["val_acc"] is not None:
             text += f" | val loss={row['val_loss']:.4f} acc={100 * row['val_acc']:.1f}%"
             if self.best and self.best["epoch"] == row["epoch"]:
-                text += " *"
+                text += " (best)"
         return text
 
     def _epoch_line(self, row: dict) -> str:

@@ -96,6 +96,16 @@ def test_train_refuses_to_mix_runs(finished_run, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_overwrite_starts_afresh(tmp_path):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "2") == 0
+    assert train(out, "--epochs", "1", "--seed", "1", "--overwrite") == 0
+    for name in ("last.npz", "best.npz"):
+        ckpt = load_checkpoint(out / name)
+        assert ckpt.config["train"]["seed"] == 1 and len(ckpt.history) == 1
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+
+
 def test_train_option_errors(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--width", "-1"]) == 2
     assert "--width must be a positive number, got -1.0" in capsys.readouterr().err
