@@ -386,8 +386,9 @@ def _targets():
 
     def network(args, rng):
         from numpymnv2.models import MobileNetV2
-        m = MobileNetV2(num_classes=args.out_channels, width_mult=args.width, dropout=0.0, seed=args.seed,
-                        dtype="float64")
+        build = MobileNetV2.cifar if args.preset == "cifar" else MobileNetV2
+        m = build(num_classes=args.out_channels, width_mult=args.width, dropout=0.0, seed=args.seed,
+                  dtype="float64")
         _randomize_bn(m, rng)
         x = rng.uniform(-1, 1, (args.shape[0], args.resolution, args.resolution, 3))
         return (m.eval() if args.eval else m.train()), x, {}
@@ -429,9 +430,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--width", type=float, default=0.35, help="mobilenetv2: width multiplier")
     p.add_argument("--resolution", type=int, default=32, help="mobilenetv2: input height and width")
-    p.add_argument("--max-coords", type=int, default=20, help="coordinates checked per array (0: all)")
-    p.add_argument("--eps", type=float, default=1e-6)
-    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--preset", choices=["cifar", "imagenet"], default="cifar",
+                   help="mobilenetv2: strides (cifar: stem and second row at stride 1, for 32x32 inputs)")
+    p.add_argument("--params", type=int, default=None,
+                   help="check this many randomly chosen parameter arrays (default: all; 8 for mobilenetv2)")
+    p.add_argument("--max-coords", type=int, default=None,
+                   help="coordinates checked per array (0: all; default 20, 3 for mobilenetv2)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="finite-difference step (default 1e-6; 1e-9 for mobilenetv2, where a larger step moves "
+                        "some of its many ReLU6 inputs across a kink)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance (default 1e-5; for mobilenetv2 1e-6 times its largest gradient)")
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
 
@@ -443,8 +452,25 @@ _TARGET_NAMES = ("conv2d", "depthwise", "pointwise", "batchnorm", "relu6", "relu
 def run(args) -> int:
     rng = np.random.default_rng(args.seed)
     target, inputs, kwargs = _targets()[args.target](args, rng)
-    result = gradcheck(target, inputs, eps=args.eps, atol=args.atol, rtol=args.rtol,
-                       max_coords=args.max_coords or None, seed=args.seed, **kwargs)
+    network = args.target == "mobilenetv2"
+    eps = args.eps if args.eps is not None else (1e-9 if network else 1e-6)
+    max_coords = args.max_coords if args.max_coords is not None else (3 if network else 20)
+    n_params = args.params if args.params is not None else (8 if network else None)
+    params = True
+    if isinstance(target, Module):
+        names = [n for n, _ in target.named_parameters()]
+        if n_params is not None and n_params < len(names):
+            params = sorted(rng.choice(names, size=n_params, replace=False).tolist())
+    atol = args.atol
+    if atol is None:
+        atol = 1e-5
+        if network:
+            # the round-off of a difference grows with the gradients, so the tolerance follows their scale
+            target.backward(rng.standard_normal(target(inputs).shape))
+            atol = 1e-6 * max(float(np.abs(p.grad).max()) for p in target.parameters())
+            target.zero_grad()
+    result = gradcheck(target, inputs, eps=eps, atol=atol, rtol=args.rtol, max_coords=max_coords or None,
+                       params=params, seed=args.seed, **kwargs)
     print(f"gradcheck {args.target}")
     print(result)
     return 0 if result.passed else 1

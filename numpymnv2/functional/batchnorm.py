@@ -60,9 +60,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
         if M < 2:
             raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
                              f"{x.shape}")
-        mu = x.mean(axis=axes)
+        # sums of M float32 values lose digits; accumulate the statistics in float64, keep them in x's dtype
+        mu = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
         xc = x - mu
-        var = np.mean(xc * xc, axis=axes)
+        var = np.mean(xc * xc, axis=axes, dtype=np.float64).astype(x.dtype)
         running_mean *= 1 - momentum
         running_mean += momentum * mu
         running_var *= 1 - momentum
