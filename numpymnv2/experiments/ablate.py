@@ -127,8 +127,8 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
     -------
     dict
         ``variant``, ``seed``, ``history`` (the trainer's rows), ``final_val_acc``, ``best_val_acc``,
-        ``final_train_loss``, ``sparsity`` (:meth:`SparsityReport.to_dict` without the norms), ``checkpoint``,
-        ``time_s``.
+        ``final_train_loss``, ``sparsity`` (:meth:`SparsityReport.to_dict` without the norms), ``checkpoint``
+        (the path of ``last.npz``; :func:`run_ablation` makes it relative to its ``out``), ``time_s``.
     """
     from numpymnv2.backend import use_backend
     from numpymnv2.data import DataLoader
@@ -225,6 +225,8 @@ def run_ablation(settings: AblationSettings, out=None, jobs: int = 2, verbose: b
             for future in done:
                 v, s = pending.pop(future)
                 result = future.result()
+                if out is not None and result["checkpoint"]:     # relative to --out, so the folder can move
+                    result["checkpoint"] = Path(result["checkpoint"]).relative_to(out).as_posix()
                 results[(v, s)] = result
                 say(f"{len(results)}/{len(tasks)} {v} seed {s}: final validation accuracy "
                     f"{100 * result['final_val_acc']:.2f}%, depthwise kernels near zero "
@@ -263,6 +265,7 @@ def summarize(runs: list, variants) -> dict:
                  "final_train_loss": _mean_std(r["final_train_loss"] for r in rs),
                  "sparsity": _mean_std(r["sparsity"]["fraction"] for r in rs),
                  "folded_sparsity": _mean_std(r["sparsity"]["folded_fraction"] for r in rs),
+                 "dead_channels": _mean_std(r["sparsity"]["dead_fraction"] for r in rs),
                  "time_s": _mean_std(r["time_s"] for r in rs)}
         if v != BASELINE and BASELINE in variants:
             diffs = [r["final_val_acc"] - by[(BASELINE, r["seed"])]["final_val_acc"] for r in rs
@@ -291,17 +294,18 @@ def format_table(result: dict) -> str:
              f"seeds (ddof=1); accuracies in %",
              "",
              "| variant | final val acc | best val acc | Δ final vs paper (paired) | wins/losses/ties | "
-             "final train loss | depthwise near 0 (raw) | (BN-folded) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "final train loss | depthwise near 0 (raw) | (BN-folded) | dead channels |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v, e in result["summary"].items():
         diff = _pm(e.get("paired_diff_val_acc"), signed=True)
         wlt = "/".join(map(str, e["paired_wins_losses_ties"])) if "paired_wins_losses_ties" in e else "-"
         lines.append(f"| {e['label']} | {_pm(e['final_val_acc'])} | {_pm(e['best_val_acc'])} | {diff} | {wlt} | "
                      f"{_pm(e['final_train_loss'], 1.0, 4)} | {_pm(e['sparsity'], 100.0, 1)} | "
-                     f"{_pm(e['folded_sparsity'], 100.0, 1)} |")
+                     f"{_pm(e['folded_sparsity'], 100.0, 1)} | {_pm(e.get('dead_channels'), 100.0, 2)} |")
     lines.append("")
     lines.append(f"near 0: % of depthwise kernels with norm < {s['threshold']:g} x the largest of their layer; "
-                 f"BN-folded: after folding in the BatchNorm that follows (numpymnv2 sparsity)")
+                 f"BN-folded: after folding in the BatchNorm that follows; dead: % of depthwise channels whose "
+                 f"output was constant (numpymnv2 sparsity)")
     return "\n".join(lines)
 
 
@@ -363,7 +367,8 @@ def write_outputs(result: dict, out) -> list[Path]:
     md_path.write_text(format_table(result) + "\n")
     curves = plot_curves(result, out / "ablation.png")
     first_seed = result["settings"]["seeds"][0]
-    reports = {VARIANTS[r["variant"]][1]: depthwise_sparsity(r["checkpoint"], threshold=result["settings"]["threshold"])
+    reports = {VARIANTS[r["variant"]][1]: depthwise_sparsity(out / r["checkpoint"],
+                                                             threshold=result["settings"]["threshold"])
                for r in result["runs"] if r["seed"] == first_seed and r["checkpoint"]}
     paths = [json_path, md_path, curves]
     if reports:

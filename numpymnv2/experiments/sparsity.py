@@ -33,6 +33,13 @@ channel ``c`` by is the folded kernel ``w[:, :, c] gamma_c / sqrt(running_var_c 
 ``f_c`` near zero contributes nothing but its BatchNorm bias. Both fractions are reported. The folded one needs
 the BatchNorm parameters, which every state dict of a :class:`~numpymnv2.models.MobileNetV2` holds.
 
+Dead channels: a channel whose depthwise output was constant on the training data (for instance because the
+ReLU6 before it never lets anything through) has a BatchNorm running variance of (almost) 0. Its kernel then
+carries no information whatever its norm, and the folding formula divides by ``sqrt(eps)``, which would make it
+the layer's largest folded kernel by orders of magnitude and every other kernel look near zero. Such a channel,
+``running_var_c < 1e-6 x`` the layer's median running variance, is counted as **dead**, and its folded norm is
+taken as 0: the evaluation-mode network outputs the constant ``beta_c`` there.
+
 Command line: ``numpymnv2 sparsity --checkpoint runs/train/last.npz --threshold 0.1 --out runs/sparsity``.
 """
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = ["MODES", "LayerSparsity", "SparsityReport", "depthwise_sparsity", "de
 
 MODES = ("relative", "absolute")
 DEFAULT_THRESHOLD = 0.1
+DEAD_VARIANCE = 1e-6        # running variance below this times the layer's median: a constant (dead) channel
 
 
 @dataclass
@@ -64,7 +72,9 @@ class LayerSparsity:
     norms : ndarray, shape (C,)
         Raw kernel norms ``n_c``.
     folded_norms : ndarray, shape (C,), or None
-        BatchNorm-folded norms ``f_c``; None when the state holds no BatchNorm for the layer.
+        BatchNorm-folded norms ``f_c`` (0 for dead channels); None when the state holds no BatchNorm for the layer.
+    dead : ndarray of bool, shape (C,), or None
+        Channels the BatchNorm saw as constant (running variance below 1e-6 x the layer's median).
     cutoff, folded_cutoff : float or None
         The absolute norm below which a kernel counts as near zero (``tau * max`` in relative mode).
     """
@@ -75,6 +85,7 @@ class LayerSparsity:
     folded_norms: np.ndarray | None
     cutoff: float
     folded_cutoff: float | None
+    dead: np.ndarray | None = None
 
     @property
     def near_zero(self) -> int:
@@ -93,12 +104,16 @@ class LayerSparsity:
         n = self.folded_near_zero
         return None if n is None else n / self.channels
 
+    @property
+    def dead_count(self) -> int | None:
+        return None if self.dead is None else int(self.dead.sum())
+
     def to_dict(self) -> dict:
         return {"name": self.name, "kernel_size": self.kernel_size, "channels": self.channels,
                 "near_zero": self.near_zero, "fraction": self.fraction, "cutoff": self.cutoff,
                 "max_norm": float(self.norms.max()), "median_norm": float(np.median(self.norms)),
                 "folded_near_zero": self.folded_near_zero, "folded_fraction": self.folded_fraction,
-                "folded_cutoff": self.folded_cutoff,
+                "folded_cutoff": self.folded_cutoff, "dead": self.dead_count,
                 "norms": self.norms.tolist(),
                 "folded_norms": None if self.folded_norms is None else self.folded_norms.tolist()}
 
@@ -126,6 +141,13 @@ class SparsityReport:
             return None
         return sum(layer.folded_near_zero for layer in self.layers) / self.channels
 
+    @property
+    def dead_fraction(self) -> float | None:
+        """Dead channels (constant output, see the module docstring) over all depthwise channels."""
+        if any(layer.dead is None for layer in self.layers) or not self.layers:
+            return None
+        return sum(layer.dead_count for layer in self.layers) / self.channels
+
     def to_dict(self) -> dict:
         return {
             "experiment": "depthwise-sparsity",
@@ -136,10 +158,12 @@ class SparsityReport:
                            + ("threshold * (largest kernel norm of its layer)" if self.mode == "relative"
                               else "threshold")
                            + "; folded: the same for w[:, :, c] * |gamma_c| / sqrt(running_var_c + eps), "
-                             "the kernel after folding in the BatchNorm that follows it"),
+                             "the kernel after folding in the BatchNorm that follows it (0 for a dead channel); "
+                             "dead: running_var_c < 1e-6 x the layer's median, a channel that was constant"),
             "channels": self.channels,
             "fraction": self.fraction,
             "folded_fraction": self.folded_fraction,
+            "dead_fraction": self.dead_fraction,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -260,16 +284,18 @@ def depthwise_sparsity(model, threshold: float = DEFAULT_THRESHOLD, mode: str = 
     report = SparsityReport(threshold=float(threshold), mode=mode, source=source)
     for name, w, bn in kernels:
         norms = np.sqrt(np.sum(w * w, axis=(0, 1)))
-        folded = None
+        folded = dead = None
         if bn is not None:
-            folded = norms * np.abs(bn["weight"]) / np.sqrt(bn["running_var"] + bn["eps"])
+            var = bn["running_var"]
+            dead = var < DEAD_VARIANCE * np.median(var) if np.median(var) > 0 else var <= 0
+            folded = np.where(dead, 0.0, norms * np.abs(bn["weight"]) / np.sqrt(np.maximum(var, 0) + bn["eps"]))
 
         def cutoff(values):
             return float(threshold * values.max()) if mode == "relative" else float(threshold)
 
         report.layers.append(LayerSparsity(name=name, kernel_size=w.shape[0], channels=w.shape[2], norms=norms,
                                            folded_norms=folded, cutoff=cutoff(norms),
-                                           folded_cutoff=None if folded is None else cutoff(folded)))
+                                           folded_cutoff=None if folded is None else cutoff(folded), dead=dead))
     return report
 
 
@@ -279,16 +305,22 @@ def format_table(report: SparsityReport) -> str:
             else f"norm < {report.threshold:g}")
     lines = [f"Depthwise kernel sparsity of {report.source or 'the model'}: kernel near zero if {rule}",
              f"{'layer':<24} {'K':>2} {'C':>5} {'max norm':>9} {'median':>8} {'near 0':>7} {'fraction':>9} "
-             f"{'BN-folded':>10}"]
+             f"{'BN-folded':>10} {'dead':>5}"]
     for layer in report.layers:
         folded = "-" if layer.folded_fraction is None else f"{layer.folded_fraction:.3f}"
+        dead = "-" if layer.dead is None else str(layer.dead_count)
         lines.append(f"{layer.name:<24} {layer.kernel_size:>2} {layer.channels:>5} {layer.norms.max():>9.3g} "
-                     f"{np.median(layer.norms):>8.3g} {layer.near_zero:>7} {layer.fraction:>9.3f} {folded:>10}")
+                     f"{np.median(layer.norms):>8.3g} {layer.near_zero:>7} {layer.fraction:>9.3f} {folded:>10} "
+                     f"{dead:>5}")
     folded = "-" if report.folded_fraction is None else f"{report.folded_fraction:.3f}"
+    dead = "-" if report.dead_fraction is None else str(sum(layer.dead_count for layer in report.layers))
     lines.append(f"{'all depthwise layers':<24} {'':>2} {report.channels:>5} {'':>9} {'':>8} "
-                 f"{sum(layer.near_zero for layer in report.layers):>7} {report.fraction:>9.3f} {folded:>10}")
+                 f"{sum(layer.near_zero for layer in report.layers):>7} {report.fraction:>9.3f} {folded:>10} "
+                 f"{dead:>5}")
     lines.append("BN-folded: the same test on w[:, :, c] |gamma_c| / sqrt(running_var_c + eps), the kernel the "
-                 "evaluation-mode network applies")
+                 "evaluation-mode network applies (0 for dead channels)")
+    lines.append("dead: channels whose BatchNorm running variance is below 1e-6 x the layer's median (their output "
+                 "was constant)")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ def test_command_runs_every_variant_and_writes_its_outputs(tmp_path, capsys):
         assert len(r["history"]) == 1 and 0.0 <= r["final_val_acc"] <= 1.0
         assert 0.0 <= r["sparsity"]["fraction"] <= 1.0 and r["sparsity"]["layers"]
         # an ordinary trainer checkpoint, whose recorded architecture rebuilds the ablated network
-        ckpt = pytest.importorskip("numpymnv2.train.checkpoint").load_checkpoint(r["checkpoint"])
+        ckpt = pytest.importorskip("numpymnv2.train.checkpoint").load_checkpoint(out / r["checkpoint"])
         switches, _ = VARIANTS[r["variant"]]
         model = mn.models.MobileNetV2(**{k: v for k, v in ckpt.config["model"].items() if k != "name"})
         assert model.config["linear_bottleneck"] == switches["linear_bottleneck"]
@@ -62,7 +62,7 @@ def test_a_run_is_reproducible():
 
 def fake_run(variant, seed, acc):
     return {"variant": variant, "seed": seed, "final_val_acc": acc, "best_val_acc": acc, "final_train_loss": 0.1,
-            "time_s": 1.0, "sparsity": {"fraction": 0.0, "folded_fraction": 0.0}}
+            "time_s": 1.0, "sparsity": {"fraction": 0.0, "folded_fraction": 0.0, "dead_fraction": 0.0}}
 
 
 def test_summary_pairs_runs_by_seed():

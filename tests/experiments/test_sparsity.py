@@ -67,6 +67,20 @@ def test_folded_norms_see_batchnorm(model):
     np.testing.assert_allclose(entry.folded_norms, expected, rtol=1e-6)
 
 
+def test_a_constant_channel_is_dead_and_does_not_hide_the_others(model):
+    """Zero running variance: the folding formula would divide by sqrt(eps) and dwarf every other kernel."""
+    bn = dict(model.named_modules())["features.5.conv.1.1"]
+    bn.running_var[:] = np.linspace(0.5, 2.0, bn.running_var.size)
+    bn.running_var[3] = 0.0
+    entry = layer(depthwise_sparsity(model), "features.5.conv.1.0")
+    assert entry.dead_count == 1 and entry.dead[3]
+    assert entry.folded_norms[3] == 0.0
+    assert entry.folded_near_zero == 2                      # the dead channel and the zeroed kernel 7, no others
+    assert layer(depthwise_sparsity(model), DW).dead_count == 0
+    fresh = depthwise_sparsity(mn.MobileNetV2(num_classes=10, width_mult=0.35, seed=1))
+    assert fresh.dead_fraction == 0.0
+
+
 def test_state_dict_weights_file_and_torch_layout_agree(model, tmp_path):
     expected = [e.near_zero for e in depthwise_sparsity(model).layers]
     state = model.state_dict()
@@ -117,7 +131,8 @@ def test_command_writes_table_json_and_png(model, tmp_path, capsys):
     data = json.loads((out / "sparsity.json").read_text())
     assert data["threshold"] == 0.05 and data["mode"] == "relative"
     entry = next(e for e in data["layers"] if e["name"] == DW)
-    assert entry["near_zero"] == 6 and len(entry["norms"]) == 48
+    assert entry["near_zero"] == 6 and len(entry["norms"]) == 48 and entry["dead"] == 0
+    assert data["dead_fraction"] == 0.0
     assert (out / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert format_table(depthwise_sparsity(path)).splitlines()[0].startswith("Depthwise kernel sparsity")
 
