@@ -156,6 +156,16 @@ def test_walkthrough_numbers_match_the_package():
     assert rows["features.3"].madds == 25_740_288 and "25{,}740{,}288" in text
 
 
+@pytest.mark.parametrize("generated", sorted((DOCS / "figures").glob("*/ablation.md")), ids=lambda p: p.parent.name)
+def test_ablation_tables_on_the_page_are_the_generated_ones(generated):
+    """docs/ablations.md quotes the tables `numpymnv2 ablate` wrote next to its figures, row for row."""
+    page = (DOCS / "ablations.md").read_text()
+    rows = [line for line in generated.read_text().splitlines() if line.startswith("|")]
+    assert rows, generated
+    missing = [row for row in rows if row not in page]
+    assert not missing, f"rows of {generated.relative_to(REPO)} not in docs/ablations.md: {missing}"
+
+
 # -- the checker itself, on made-up pages and code ---------------------------------------------------------
 
 @pytest.fixture
