@@ -25,25 +25,30 @@ import numpy as np
 
 OPTIMIZERS = ("sgd", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "exponential", "constant")
-ARCHS = ("imagenet", "cifar")
+# Stride layouts of MobileNetV2 (model_spec): "imagenet" the paper's (32x downsampling), "small" the stem at
+# stride 1 (16x), "cifar" the stem and the 24-channel stage at stride 1 (8x).
+ARCHS = ("imagenet", "small", "cifar")
 
 
 @dataclass
 class TrainConfig:
     """The options of a training run (the ``numpymnv2 train`` flags of the same names).
 
-    The defaults train the built-in digits to about 98% test accuracy in about two minutes on two cores.
+    The defaults train the built-in digits to 98-99% test accuracy in about a minute on two cores: width 0.35,
+    32x32 input, the "small" strides (stem at stride 1, so the last feature map is 2x2 rather than 1x1, where
+    training-mode BatchNorm would normalise only N values per channel), SGD with momentum at lr 0.05 on a cosine
+    schedule after one warm-up epoch, 20 epochs. (Measured with seeds 0, 1, 2: 98.3%, 99.3%, 98.7%.)
     """
 
     dataset: str = "digits"
     data_dir: str | None = None
     width: float = 0.35
     resolution: int = 32
-    arch: str = "imagenet"
-    epochs: int = 30
+    arch: str = "small"
+    epochs: int = 20
     batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 4e-5
     schedule: str = "cosine"
@@ -224,7 +229,7 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     from numpymnv2.models.mobilenetv2 import CIFAR_SETTING, DEFAULT_SETTING
     setting = CIFAR_SETTING if cfg.arch == "cifar" else DEFAULT_SETTING
     return {"name": "MobileNetV2", "num_classes": int(num_classes), "width_mult": float(cfg.width),
-            "dropout": float(cfg.dropout), "stem_stride": 1 if cfg.arch == "cifar" else 2,
+            "dropout": float(cfg.dropout), "stem_stride": 2 if cfg.arch == "imagenet" else 1,
             "inverted_residual_setting": [list(row) for row in setting], "dtype": cfg.dtype, "seed": cfg.seed}
 
 
