@@ -52,10 +52,12 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
     """Loss and accuracy against epoch, training and validation, as a PNG; None when there is no history."""
     if not history:
         return None
+    from matplotlib.ticker import MaxNLocator
     epochs = [row["epoch"] for row in history]
     fig = _figure((10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy (%)")):
+    ax_loss.set_yscale("log")      # an early spike of the validation loss would flatten the rest
+    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy, log scale)"), (ax_acc, "acc", "accuracy (%)")):
         scale = 100.0 if key == "acc" else 1.0
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [row.get(f"{split}_{key}") for row in history]
@@ -64,6 +66,7 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
             ys = [math.nan if v is None else v * scale for v in values]
             ax.plot(epochs, ys, style, markersize=3, label="training" if split == "train" else "validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

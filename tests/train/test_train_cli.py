@@ -170,3 +170,27 @@ def test_predict_errors(finished_run, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(finished_run), str(tmp_path / "none.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_image_folder_dataset_end_to_end(tmp_path, capsys):
+    """Train on a folder of RGB PNGs of another size, then predict on an image of yet another size."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (12, 10, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                 "--epochs", "1", "--width", "0.1", "--batch-size", "8", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "16 training / 8 validation images (test split), 32x32x3 -> 32x32x3" in stdout
+    assert "horizontal flip" in stdout
+    ckpt = load_checkpoint(out / "last.npz")
+    assert ckpt.config["classes"] == ["blue", "red"] and ckpt.config["preprocess"]["image_size"] == [32, 32]
+    Image.fromarray(np.full((50, 70, 3), (220, 30, 30), np.uint8)).save(tmp_path / "red.png")
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "red.png"), "--top-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and {lines[1].split()[1], lines[2].split()[1]} == {"blue", "red"}

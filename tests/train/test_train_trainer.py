@@ -155,3 +155,15 @@ def test_progress_bar_shows_loss_accuracy_lr_and_speed(make_trainer, tmp_path, c
     err = capsys.readouterr().err
     for text in ("epoch 1/1", "loss=", "acc=", "lr=", "img/s=", "val loss="):
         assert text in err
+
+
+def test_resuming_with_more_epochs_stretches_the_cosine_schedule(make_trainer, tmp_path):
+    messages = []
+    make_trainer(tmp_path, epochs=1, schedule="cosine").fit()
+    longer = make_trainer(tmp_path, epochs=2, schedule="cosine", log=messages.append)
+    longer.restore(load_checkpoint(tmp_path / "last.npz"))
+    steps = len(longer.train_loader)
+    assert longer.schedule.last_epoch == steps
+    assert longer.lr == pytest.approx(0.05 / 2)             # half-way down the cosine over 2 epochs
+    assert any("now spans 2 epochs" in m for m in messages)
+    assert longer.fit().epochs_done == 2
