@@ -576,7 +576,8 @@ def run(args) -> int:
               f"- OPENBLAS_* in the environment: {report['env_openblas'] or 'none'}",
               f"- BLAS that ran (threadpoolctl): {meta.get('blas')}",
               f"- numpymnv2 threading: {meta.get('threads')}",
-              f"- optimizer: {meta.get('optimizer', '-')}; torch sides: {sides[1:] or 'not run'}",
+              f"- optimizer: {report.get('model', {}).get('meta', {}).get('numpymnv2', {}).get('optimizer', '-')}; "
+              f"torch sides: {sides[1:] or 'not run'}",
               f"- rounds {args.rounds}, alternated; each side in its own process; medians", ""]
     print("\n".join(header + out))
     if args.json:
