@@ -33,6 +33,9 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the permissions an ordinary open() would
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, _ordinary_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -49,6 +52,13 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 string."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _ordinary_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open(path, "w")`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_folder(folder: Path) -> None:

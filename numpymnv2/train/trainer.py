@@ -88,7 +88,7 @@ class Trainer:
     optimizer : Optimizer
         Built on the model's parameters.
     train_loader : DataLoader
-        Must provide ``epoch(e, start_batch=b)``, ``len()`` and ``batch_size``.
+        Must provide ``epoch(e, start_batch=b)`` and ``len()`` (batches per epoch).
     val_loader : DataLoader, optional
         Evaluated after every epoch; ``best.npz`` follows its accuracy. Without it there is no best checkpoint.
     epochs : int
@@ -221,6 +221,7 @@ class Trainer:
             else:
                 state["last_epoch"] = np.array(step, dtype=np.int64)
                 self.schedule.load_state_dict(state)
+            if ckpt.schedule and not same_shape:
                 self.say(f"note: the learning-rate schedule now spans {self.epochs} epochs; it continues from "
                          f"step {step} with lr {self.lr:.4g}")
         except (ValueError, TypeError) as exc:

@@ -151,3 +151,11 @@ def test_a_failed_rename_leaves_the_previous_checkpoint(saved, monkeypatch):
         trainer.save(path)
     assert path.read_bytes() == before
     assert not [n for n in os.listdir(path.parent) if n.endswith(".tmp")]
+
+
+def test_written_files_get_ordinary_permissions(saved):
+    _, path = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("last.npz", "metrics.json", "curves.png"):
+        assert os.stat(path.parent / name).st_mode & 0o777 == 0o666 & ~mask
