@@ -196,8 +196,8 @@ def _run(args) -> int:
     if ckpt is not None:
         done = len(trainer.history)
         if done >= cfg.epochs:
-            say(f"{ckpt.path}: the run has already done {done} of {cfg.epochs} epochs; pass a larger --epochs "
-                f"to train longer")
+            say(f"{ckpt.path}: the run has already done {done} epoch{'s' if done != 1 else ''} (--epochs "
+                f"{cfg.epochs}); pass a larger --epochs to train longer")
             return 0
         pos = trainer.position
         at = f"epoch {pos['epoch'] + 1}" + (f", batch {pos['batch']}" if pos["batch"] else "")

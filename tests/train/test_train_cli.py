@@ -62,7 +62,7 @@ def test_resume_alone_continues_the_run_in_out_bit_for_bit(tmp_path):
 
 def test_resume_from_a_given_checkpoint_and_a_finished_run(finished_run, tmp_path, capsys):
     assert main(["train", "--resume", str(finished_run / "last.npz"), "--epochs", "1", "--no-progress"]) == 0
-    assert "already done 1 of 1 epochs" in capsys.readouterr().out
+    assert "already done 1 epoch (--epochs 1)" in capsys.readouterr().out
 
 
 def test_ctrl_c_in_the_command_saves_and_tells_how_to_continue(tmp_path, monkeypatch, capsys):
