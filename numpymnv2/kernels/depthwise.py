@@ -4,8 +4,10 @@ The equations are those of :func:`numpymnv2.functional.depthwise.depthwise_conv2
 pass over memory in which the innermost loop runs over the contiguous channel axis ``c`` (``range(C)``, indexed
 ``x[n, h, w, c]`` so LLVM vectorises it). The padding is never materialised: each output pixel only visits the
 taps that fall inside the image (3x3 border pixels read a clamped position and multiply it by 0, so a NaN or
-infinity in ``x`` or ``dout`` also reaches the border pixels next to it, where the reference has a zero). Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no
-reordering). Work is split over output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel, keeps one partial sum per thread and adds them at the end.
+infinity in ``x`` or ``dout`` also reaches the border pixels next to it, where the reference has a zero).
+Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no reordering). Work is split over
+output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel,
+keeps one partial sum per thread and adds them at the end.
 """
 from __future__ import annotations
 
