@@ -136,7 +136,6 @@ class Trainer:
         self._step_snapshot = None      # BatchNorm buffers and generator states at the start of the step
         self._updating = False          # inside optimizer.step() .. bookkeeping: state would be torn
         self._step_lr = None            # the learning rate of the step in flight
-        self._last_saved_epoch = None
 
     # -- paths and messages ---------------------------------------------------------------------------------
     @property
@@ -242,10 +241,10 @@ class Trainer:
         self.optimizer.zero_grad()
         logits = self.model(x)
         if not np.isfinite(logits).all():
-            raise NonFiniteLossError("the logits")
+            raise NonFiniteLossError("the logits became NaN or infinite")
         loss, dlogits = softmax_cross_entropy(logits, y, self.label_smoothing)
         if not np.isfinite(loss):
-            raise NonFiniteLossError("the loss")
+            raise NonFiniteLossError(f"the loss became NaN or infinite ({float(loss)})")
         self.model.backward(dlogits)
         correct = int((logits.argmax(axis=1) == y).sum())
         self._step_lr = self.lr
@@ -272,7 +271,7 @@ class Trainer:
             The loss became NaN or infinite. Nothing is saved after that: ``last.npz`` stays the last good one.
         """
         end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
-        self._stop_requested = self._force_quit = False
+        self._stop_requested = self._force_quit = self._updating = False
         status = "finished"
         with self._deferred_sigint():
             try:
@@ -429,7 +428,7 @@ class Trainer:
             kept = "No checkpoint had been written yet."
         else:
             kept = ""
-        return NonFiniteLossError(f"training diverged: {what} became NaN or infinite at {where}; the run is "
+        return NonFiniteLossError(f"training diverged at {where}: {what}; the run is "
                                   f"stopped. {kept} Try a smaller --lr (or a warm-up), or check the "
                                   f"input data.".replace("  ", " ").strip())
 
