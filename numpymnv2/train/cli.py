@@ -7,6 +7,7 @@ Everything the run writes goes to ``--out`` (default ``runs/<dataset>``): ``last
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def _run(args) -> int:
         with use_backend(args.backend):
             result = trainer.fit()
     except NonFiniteLossError as exc:
-        say(f"numpymnv2 train: error: {exc}")
+        print(f"numpymnv2 train: error: {exc}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
     if result.status == "interrupted":

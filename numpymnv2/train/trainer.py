@@ -423,7 +423,9 @@ class Trainer:
         where = (f"epoch {pos['epoch'] + 1}, batch {pos['batch'] + 1}/{len(self.train_loader)} "
                  f"(step {pos['step'] + 1}, lr {self.lr:.4g})")
         if self.last_path is not None and self.last_path.exists():
-            kept = f"The last good checkpoint, {self.last_path}, is kept ({len(self.history)} epochs done)."
+            done = len(self.history)
+            kept = (f"The last good checkpoint, {self.last_path}, is kept ({done} epoch{'s' if done != 1 else ''} "
+                    f"done).")
         elif self.out_dir is not None:
             kept = "No checkpoint had been written yet."
         else:

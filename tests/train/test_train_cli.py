@@ -194,3 +194,20 @@ def test_image_folder_dataset_end_to_end(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(out), str(tmp_path / "red.png"), "--top-k", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and {lines[1].split()[1], lines[2].split()[1]} == {"blue", "red"}
+
+
+def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1") == 0
+    good = (out / "last.npz").read_bytes()
+
+    def diverge(self, x, y):
+        raise trainer_module.NonFiniteLossError("the loss became NaN or infinite (nan)")
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", diverge)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2, batch 1/3" in err
+    assert f"The last good checkpoint, {out / 'last.npz'}, is kept (1 epoch done)" in err
+    assert (out / "last.npz").read_bytes() == good
