@@ -99,9 +99,6 @@ def _resolve(args):
         if last.exists() and not args.overwrite:
             raise ValueError(f"{out} already holds a run ({last}); continue it with --resume (and --epochs for a "
                              f"longer run), start over with --overwrite, or choose another --out")
-        if args.overwrite:
-            for name in RUN_FILES:      # no file of the old run may outlive the new one's first epoch
-                (out / name).unlink(missing_ok=True)
         return cfg, out, None
 
     if args.resume == _FROM_OUT:
@@ -118,7 +115,7 @@ def _resolve(args):
     if not isinstance(saved, dict):
         raise ValueError(f"{ckpt.path} has no training configuration, so it cannot be resumed (was it written "
                          f"by `numpymnv2 train`?)")
-    conflicts = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in explicit.items()
+    conflicts = [f"{_flag(k, v)} (the run has {_flag(k, saved.get(k))})" for k, v in explicit.items()
                  if k not in TrainConfig.RESUMABLE and saved.get(k) != v]
     if conflicts:
         raise ValueError("a resumed run keeps its configuration, but these options differ from it: "
@@ -126,6 +123,12 @@ def _resolve(args):
     merged = dict(saved)
     merged.update({k: v for k, v in explicit.items() if k in TrainConfig.RESUMABLE})
     return TrainConfig.from_dict(merged), out, ckpt
+
+
+def _flag(name: str, value) -> str:
+    if name == "augment":
+        return "--no-augment" if value is False else "augmentation"
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None):
@@ -192,6 +195,9 @@ def _run(args) -> int:
     from numpymnv2.train.trainer import NonFiniteLossError
     cfg, out, ckpt = _resolve(args)
     trainer = build_trainer(cfg, out, ckpt, progress=args.progress)
+    if args.overwrite and ckpt is None:
+        for name in RUN_FILES:          # no file of the old run may outlive the new one's first epoch
+            (out / name).unlink(missing_ok=True)
     say = trainer.say
     say(describe_run(trainer, cfg, out))
     if ckpt is not None:

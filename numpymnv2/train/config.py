@@ -1,15 +1,15 @@
 """A run's configuration and everything built from it: data, preprocessing, model, optimizer and schedule.
 
 A :class:`TrainConfig` holds what the user chose (the ``numpymnv2 train`` options). From it and the training
-data, :func:`build_run` derives the rest, and :func:`run_record` turns it into the JSON stored in every
-checkpoint::
+data the builders below derive the rest (:func:`numpymnv2.train.cli.build_trainer` calls them all), and
+:func:`run_record` turns it into the JSON stored in every checkpoint::
 
     {"train": {...TrainConfig...},
      "model": {"name": "MobileNetV2", "num_classes": 10, "width_mult": 0.35, ...},   # rebuilds the network
      "preprocess": {"image_size": [8, 8], "channels": 1, "resolution": 32,           # turns any image into
                     "mean": [...], "std": [...], "dtype": "float32", ...},           # network input
      "classes": ["0", ..., "9"],
-     "data": {"train_images": 1497, "val_images": 300, "val_source": "test split"}}
+     "data": {"dataset": "digits", "train_images": 1497, "val_images": 300, "val_source": "test split"}}
 
 so ``numpymnv2 evaluate`` and ``numpymnv2 predict`` need nothing but the checkpoint.
 """

@@ -89,7 +89,8 @@ def test_ctrl_c_in_the_command_saves_and_tells_how_to_continue(tmp_path, monkeyp
 
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "1"], "already holds a run"),
-    (["--resume", "--width", "0.5"], "these options differ from it: --width 0.5 (the run has 0.1)"),
+    (["--resume", "--width", "0.5"], "these options differ from it: --width 0.5 (the run has --width 0.1)"),
+    (["--resume", "--no-augment"], "--no-augment (the run has augmentation)"),
 ])
 def test_train_refuses_to_mix_runs(finished_run, capsys, argv, message):
     assert main(["train", "--out", str(finished_run), *argv]) == 2
