@@ -1,0 +1,101 @@
+"""Run configuration: validation, data splits, preprocessing records, optimizers and schedules."""
+import numpy as np
+import pytest
+
+from numpymnv2 import optim
+from numpymnv2.data import default_transform, load_dataset
+from numpymnv2.train.config import (OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
+                                    build_schedule, load_run_data, make_preprocess, make_transform, model_spec,
+                                    stratified_split, train_drop_last)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"width": 0}, "--width must be a positive number"),
+    ({"resolution": 16}, "--resolution must be an integer >= 32"),
+    ({"batch_size": 1}, "--batch-size must be an integer >= 2"),
+    ({"optimizer": "lbfgs"}, "--optimizer must be one of sgd, nesterov"),
+    ({"schedule": "linear"}, "--schedule must be one of"),
+    ({"dataset": "imagenet"}, "--dataset must be one of digits"),
+    ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
+    ({"epochs": 2.5}, "--epochs must be a positive integer"),
+])
+def test_invalid_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**options)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainConfig(width=0.5, limit=10)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown training options in the checkpoint: colour"):
+        TrainConfig.from_dict({**cfg.to_dict(), "colour": "red"})
+
+
+def test_stratified_split_holds_out_a_fraction_of_every_class():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    keep, held = stratified_split(labels, 0.1, seed=0)
+    assert np.bincount(labels[held]).tolist() == [1, 2, 3, 4]
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(100))
+
+
+def test_val_fraction_and_limit():
+    train, val, source = load_run_data(TrainConfig(val_fraction=0.2))
+    assert len(train) + len(val) == 1497 and source == "0.2 of the train split"
+    train, val, _ = load_run_data(TrainConfig(limit=50))
+    assert (len(train), len(val)) == (50, 50)
+
+
+def test_preprocess_record_matches_the_data_modules_evaluation_transform():
+    train = load_dataset("digits", split="train")
+    test = load_dataset("digits", split="test")
+    pre = make_preprocess(TrainConfig(), train)
+    assert pre["image_size"] == [8, 8] and pre["channels"] == 1 and len(pre["mean"]) == 3
+    assert pre["crop_padding"] == 4 and pre["flip"] is False
+    ours = make_transform(pre, train=False)(test.images[:20], None)
+    theirs = default_transform(train, resolution=32, train=False)(test.images[:20], None)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert ours.shape == (20, 32, 32, 3) and ours.dtype == np.float32
+    rng = np.random.default_rng(0)
+    augmented = make_transform(pre, train=True)(test.images[:20], rng)
+    assert augmented.shape == ours.shape and not np.array_equal(augmented, ours)
+
+
+def test_drop_last_only_for_a_single_leftover_image():
+    assert train_drop_last(65, 64) and not train_drop_last(66, 64) and not train_drop_last(64, 64)
+
+
+@pytest.mark.parametrize("arch, stem, last_side", [("imagenet", 2, 1), ("small", 1, 2), ("cifar", 1, 4)])
+def test_arch_strides(arch, stem, last_side):
+    spec = model_spec(TrainConfig(arch=arch, width=0.1), num_classes=3)
+    assert spec["stem_stride"] == stem
+    model = build_model(spec).eval()
+    features = model.features(np.zeros((1, 32, 32, 3), np.float32))
+    assert features.shape[1:3] == (last_side, last_side)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_builds_and_skips_decay_on_bn_and_bias(name):
+    cfg = TrainConfig(optimizer=name, width=0.1, weight_decay=1e-3)
+    model = build_model(model_spec(cfg, 10))
+    opt = build_optimizer(cfg, model)
+    decays = {g["weight_decay"] for g in opt.param_groups}
+    assert decays == {1e-3, 0.0}
+    assert all(p.data.ndim <= 1 for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"])
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_warms_up_then_follows_its_shape(name):
+    cfg = TrainConfig(schedule=name, epochs=6, lr=0.1, warmup_epochs=1, width=0.1)
+    model = build_model(model_spec(cfg, 10))
+    opt = build_optimizer(cfg, model)
+    sched = build_schedule(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[10] == pytest.approx(0.1)
+    assert lrs[5] == pytest.approx(0.01 + 0.09 * 5 / 10)
+    end = {"cosine": 0.1 * (1 + np.cos(np.pi * 49 / 50)) / 2, "step": 0.001, "exponential": 0.1 * 0.98 ** 4.9,
+           "constant": 0.1}[name]
+    assert lrs[-1] == pytest.approx(end)
+    assert isinstance(sched, optim.LRScheduler)
