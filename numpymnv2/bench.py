@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from numpymnv2.interop import torch_bench
+
 # (name, batch, resolution, width_mult, num_classes, variant, mode): the rows of the table
 MODEL_ROWS = [
     ("train b32 32px w1.0 c10", 32, 32, 1.0, 10, "imagenet", "train"),
@@ -205,124 +207,6 @@ def _matmul_peak(threads, n=1024, reps=20):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PyTorch worker (its own MobileNetV2, torchvision's architecture, so torchvision is not needed)
-# ----------------------------------------------------------------------------------------------------------
-def _torch_mobilenetv2(num_classes, width_mult, cifar):
-    import torch.nn as tnn
-
-    def make_divisible(v, d=8):
-        new_v = max(d, int(v + d / 2) // d * d)
-        return new_v + d if new_v < 0.9 * v else new_v
-
-    def cba(i, o, k=3, s=1, groups=1, act=True):
-        layers = [tnn.Conv2d(i, o, k, s, (k - 1) // 2, groups=groups, bias=False), tnn.BatchNorm2d(o)]
-        if act:
-            layers.append(tnn.ReLU6(inplace=True))
-        return tnn.Sequential(*layers)
-
-    class Block(tnn.Module):
-        def __init__(self, inp, oup, stride, t):
-            super().__init__()
-            hidden = int(round(inp * t))
-            self.use_res = stride == 1 and inp == oup
-            layers = [cba(inp, hidden, 1)] if t != 1 else []
-            layers += [cba(hidden, hidden, 3, stride, groups=hidden), cba(hidden, oup, 1, act=False)]
-            self.conv = tnn.Sequential(*layers)
-
-        def forward(self, x):
-            return x + self.conv(x) if self.use_res else self.conv(x)
-
-    setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
-               [6, 320, 1, 1]]
-    if cifar:
-        setting[1][3] = 1
-    inp = make_divisible(32 * width_mult)
-    last = make_divisible(1280 * max(1.0, width_mult))
-    feats = [cba(3, inp, 3, 1 if cifar else 2)]
-    for t, c, n, s in setting:
-        out = make_divisible(c * width_mult)
-        for i in range(n):
-            feats.append(Block(inp, out, s if i == 0 else 1, t))
-            inp = out
-    feats.append(cba(inp, last, 1))
-    return tnn.Sequential(*feats, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.2),
-                          tnn.Linear(last, num_classes))
-
-
-def _torch_setup(side):
-    import torch
-    torch.manual_seed(0)
-    fmt = torch.channels_last if side == "torch-cl" else torch.contiguous_format
-    return torch, fmt
-
-
-def _torch_step_fn(row, side):
-    torch, fmt = _torch_setup(side)
-    _, N, res, wm, nc, variant, mode = row
-    model = _torch_mobilenetv2(nc, wm, variant == "cifar").to(memory_format=fmt)
-    x = torch.randn(N, 3, res, res).contiguous(memory_format=fmt)
-    labels = torch.randint(0, nc, (N,))
-    if mode == "infer":
-        model.eval()
-
-        def infer():
-            with torch.no_grad():
-                model(x)
-        return infer, {}
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad()
-        loss_fn(model(x), labels).backward()
-        opt.step()
-    return step, {"optimizer": "torch.optim.SGD"}
-
-
-def _torch_op_fns(spec, side):
-    torch, fmt = _torch_setup(side)
-    fns = {}
-
-    def nchw(N, H, W, C, grad=True):
-        t = torch.randn(N, C, H, W).contiguous(memory_format=fmt)
-        return t.requires_grad_(grad)
-
-    for N, H, W, C, s in spec["depthwise"]:
-        conv = torch.nn.Conv2d(C, C, 3, s, 1, groups=C, bias=False).to(memory_format=fmt)
-        x = nchw(N, H, W, C)
-        dout = torch.randn_like(conv(x)).contiguous(memory_format=fmt)
-
-        def f(conv=conv, x=x, dout=dout):
-            x.grad = None
-            conv.weight.grad = None
-            conv(x).backward(dout)
-        fns[f"dw {N}x{H}x{W}x{C} s{s}"] = f
-    for N, H, W, C in spec["bn"]:
-        bn = torch.nn.BatchNorm2d(C)
-        act = torch.nn.ReLU6()
-        x = nchw(N, H, W, C)
-        dout = torch.randn_like(x).contiguous(memory_format=fmt)
-
-        def f(bn=bn, act=act, x=x, dout=dout):
-            x.grad = None
-            bn.weight.grad = bn.bias.grad = None
-            act(bn(x)).backward(dout)
-        fns[f"bn+relu6 {N}x{H}x{W}x{C}"] = f
-    for N, H, W, Ci, Co in spec["pointwise"]:
-        conv = torch.nn.Conv2d(Ci, Co, 1, bias=False).to(memory_format=fmt)
-        x = nchw(N, H, W, Ci)
-        dout = torch.randn_like(conv(x)).contiguous(memory_format=fmt)
-
-        def f(conv=conv, x=x, dout=dout):
-            x.grad = None
-            conv.weight.grad = None
-            conv(x).backward(dout)
-        fns[f"pw {N}x{H}x{W} {Ci}->{Co}"] = f
-    return fns
-
-
-# ----------------------------------------------------------------------------------------------------------
 # worker entry point
 # ----------------------------------------------------------------------------------------------------------
 def _worker(side: str, task: str, spec: dict) -> dict:
@@ -332,7 +216,7 @@ def _worker(side: str, task: str, spec: dict) -> dict:
         import numpymnv2.kernels  # noqa: F401  applies the thread-pool settings
         from numpymnv2.kernels import _threads
     if task == "ops":
-        fns = _np_op_fns(spec) if side == "numpymnv2" else _torch_op_fns(spec, side)
+        fns = _np_op_fns(spec) if side == "numpymnv2" else torch_bench.op_fns(spec, side)
         for name, fn in fns.items():
             result["times"][name] = _time(fn, warmup, reps)
         if side == "numpymnv2" and spec.get("peak"):
@@ -342,7 +226,7 @@ def _worker(side: str, task: str, spec: dict) -> dict:
     elif task == "model":
         for row in spec["rows"]:
             row = tuple(row)
-            fn, meta = _np_step_fn(row) if side == "numpymnv2" else _torch_step_fn(row, side)
+            fn, meta = _np_step_fn(row) if side == "numpymnv2" else torch_bench.step_fn(row, side)
             result["times"][row[0]] = _time(fn, warmup if row[1] > 8 or row[2] < 224 else 2, reps)
             result["meta"].update(meta)
     elif task == "first-step":
@@ -361,10 +245,10 @@ def _worker(side: str, task: str, spec: dict) -> dict:
             import numpymnv2.models  # noqa: F401
             import numpymnv2.optim  # noqa: F401
         else:
-            import torch  # noqa: F401
+            torch_bench.load_torch()
         base = _rss_mb()
         ok = _reset_peak_rss()
-        fn, _ = _np_step_fn(row) if side == "numpymnv2" else _torch_step_fn(row, side)
+        fn, _ = _np_step_fn(row) if side == "numpymnv2" else torch_bench.step_fn(row, side)
         for _ in range(3):
             fn()
         result["meta"]["step_peak_mb_over_baseline"] = (_peak_rss_mb() - base) if ok else float("nan")
@@ -376,9 +260,7 @@ def _worker(side: str, task: str, spec: dict) -> dict:
                                                           "filepath")}
                                   for d in threadpool_info() if d.get("user_api") == "blas"]
     else:
-        import torch
-        result["meta"]["torch"] = torch.__version__
-        result["meta"]["torch_threads"] = torch.get_num_threads()
+        result["meta"].update(torch_bench.runtime_info())
     return result
 
 

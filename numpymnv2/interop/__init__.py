@@ -1,6 +1,7 @@
 """Interchange with PyTorch/torchvision: ``from_torchvision``, ``to_torchvision`` and ``numpymnv2 convert``.
 
-torch is imported only by :mod:`numpymnv2.interop.convert` (to read ``.pth`` files), and only when it runs;
+torch is imported only by :mod:`numpymnv2.interop.convert` (to read ``.pth`` files) and by
+:mod:`numpymnv2.interop.torch_bench` (the PyTorch side of ``numpymnv2 bench``), and only when they run;
 converting an in-memory state_dict of numpy arrays needs no torch at all.
 """
 from numpymnv2.interop.torchvision import from_torchvision, ours_to_torch, to_torchvision, torch_to_ours
