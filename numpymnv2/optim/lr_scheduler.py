@@ -60,8 +60,9 @@ class LRScheduler:
         """Raise ``ValueError`` for invalid hyperparameters."""
 
     def _lr(self, base_lr: float, t: int) -> float:
-        """The learning rate at step t of a group whose base rate is ``base_lr``."""
-        raise NotImplementedError
+        """The learning rate at step t of a group whose base rate is ``base_lr``; here constant, subclasses
+        override it with their schedule."""
+        return base_lr
 
     def lr_at(self, t: int) -> list[float]:
         """The learning rate of every param group at step ``t`` (closed form; changes nothing)."""

@@ -17,6 +17,7 @@ The convention, once for every optimizer in this package
 """
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Iterator
@@ -29,7 +30,7 @@ from numpymnv2.nn.module import Parameter
 _OPTIONAL_GROUP_KEYS = ("initial_lr",)
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class of the optimizers: owns the parameter groups and the per-parameter state.
 
     Parameters
@@ -194,9 +195,9 @@ class Optimizer:
             raise ValueError(f"{self._label}: {message}")
 
     # -- state --------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _state_spec(self, group: dict) -> dict[str, float]:
         """Names of the state arrays a parameter of ``group`` needs, with their initial fill value."""
-        raise NotImplementedError
 
     def _ensure_state(self, i: int, group: dict, p: Parameter) -> list[str]:
         """Create the state arrays parameter ``i`` lacks (a hyperparameter may have switched one on)."""
@@ -246,9 +247,9 @@ class Optimizer:
             yield group, p, self.state[i], self._work[i], created
 
     # -- the public interface -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def step(self) -> None:
         """Update every parameter from its ``.grad``, in place."""
-        raise NotImplementedError
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to zero, in place."""
