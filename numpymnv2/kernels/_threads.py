@@ -16,10 +16,13 @@ What :func:`configure` does (each step skipped when the user already decided)
    they leave the cores to BLAS as soon as a kernel ends. Skipped when ``NUMBA_THREADING_LAYER`` is set or
    Numba's pool already started. The workqueue layer must not be entered by two Python threads at once, so
    every kernel launch of this package holds :data:`LAUNCH_LOCK`.
-2. OpenBLAS (NumPy's BLAS, found with ``threadpoolctl``) limited to one thread, so no BLAS worker spins while a
-   Numba kernel runs. Skipped when an ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` variable is set. The
-   limit stays for the process: a user who wants NumPy's own BLAS threads back calls
-   ``threadpoolctl.threadpool_limits(None, "blas")``.
+2. NumPy's BLAS is left with its own thread count. Limiting OpenBLAS to one thread keeps its workers from
+   spinning while a Numba kernel runs, and that pays on a machine whose cores are busy with other work, but it
+   halves the pointwise convolutions, where nearly all the multiply-adds are. Measured on the 2-core machine
+   (train step, batch 32, 32x32, width 1.0, ``numpymnv2 bench --suite model/extra``): quiet, 28 ms with two
+   BLAS threads against 38 ms with one; with another process busy on one core, 64 ms against 33 ms. Quiet
+   machines are the common case, so the default favours them; ``NUMPYMNV2_BLAS_THREADS=1`` (any count) makes
+   this module limit OpenBLAS through ``threadpoolctl`` for the process, which suits a loaded machine.
 
 ``NUMPYMNV2_THREADING=off`` in the environment turns all of this off (the benchmarks use it to measure the
 effect). :func:`info` reports what was decided.
@@ -100,9 +103,12 @@ def configure() -> dict:
     else:
         numba.config.THREADING_LAYER = "workqueue"
         _decisions["numba_threading_layer"] = "workqueue"
-    if any(os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
-        _decisions["openblas_threads"] = "unchanged (OPENBLAS_NUM_THREADS/OMP_NUM_THREADS set)"
+    wanted = os.environ.get("NUMPYMNV2_BLAS_THREADS", "").strip()
+    if not wanted:
+        _decisions["openblas_threads"] = "unchanged"
     else:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise ValueError(f"NUMPYMNV2_BLAS_THREADS: expected a positive integer, got {wanted!r}")
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
@@ -110,8 +116,8 @@ def configure() -> dict:
         else:
             openblas = ThreadpoolController().select(internal_api="openblas")
             if openblas.lib_controllers:
-                openblas.limit(limits=1)
-                _decisions["openblas_threads"] = 1
+                openblas.limit(limits=int(wanted))
+                _decisions["openblas_threads"] = int(wanted)
             else:
                 _decisions["openblas_threads"] = "unchanged (no OpenBLAS loaded)"
     return _decisions

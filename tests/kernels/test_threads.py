@@ -18,15 +18,27 @@ def test_decisions_are_reported():
         assert info["numba_threading_layer"] in ("workqueue", "unchanged (Numba's pool was already running)")
 
 
-def test_fresh_process_gets_workqueue_and_one_blas_thread():
+def _fresh_process_info(extra_env):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_THREADING", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    code = ("import numpymnv2.kernels as K, numpymnv2.kernels._threads as t, numba; "
-            "print(t.info()['numba_threading_layer'], t.info()['openblas_threads'])")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    layer, blas = out.split()
+           if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_THREADING", "NUMPYMNV2_BLAS_THREADS")}
+    env.update(extra_env)
+    code = ("import numpymnv2.kernels as K, numpymnv2.kernels._threads as t, numba, threadpoolctl; "
+            "print(t.info()['numba_threading_layer'], str(t.info()['openblas_threads']).split()[0], "
+            "min(d['num_threads'] for d in threadpoolctl.threadpool_info() if d['internal_api'] == 'openblas'))")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_fresh_process_gets_workqueue_and_keeps_blas_threads():
+    layer, blas, _ = _fresh_process_info({})
     assert layer == "workqueue"
-    assert blas in ("1", "unchanged")
+    assert blas == "unchanged"
+
+
+def test_blas_threads_limited_on_request():
+    layer, blas, threads = _fresh_process_info({"NUMPYMNV2_BLAS_THREADS": "1"})
+    assert layer == "workqueue"
+    assert blas == "1" and threads == "1"
 
 
 def test_kernels_from_several_python_threads():
