@@ -131,11 +131,9 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
         (the path of ``last.npz``; :func:`run_ablation` makes it relative to its ``out``), ``time_s``.
     """
     from numpymnv2.backend import use_backend
-    from numpymnv2.data import DataLoader
     from numpymnv2.experiments.sparsity import depthwise_sparsity
     from numpymnv2.train.config import (build_model, build_optimizer, build_schedule, load_run_data,
-                                        make_preprocess, make_transform, model_spec, run_record,
-                                        train_drop_last)
+                                        make_loaders, make_preprocess, model_spec, run_record)
     from numpymnv2.train.trainer import NonFiniteLossError, Trainer
 
     switches, _ = VARIANTS[variant]
@@ -143,11 +141,7 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
     train, val, val_source = load_run_data(cfg)
     preprocess = make_preprocess(cfg, train)
     spec = {**model_spec(cfg, train.num_classes), **switches}     # the checkpoint rebuilds the ablated network
-    train_loader = DataLoader(train, cfg.batch_size, shuffle=True,
-                              drop_last=train_drop_last(len(train), cfg.batch_size),
-                              transform=make_transform(preprocess, train=True), seed=cfg.seed, dtype=cfg.dtype)
-    val_loader = DataLoader(val, max(cfg.batch_size, 256), shuffle=False,
-                            transform=make_transform(preprocess, train=False), seed=cfg.seed, dtype=cfg.dtype)
+    train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))

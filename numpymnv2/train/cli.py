@@ -13,7 +13,7 @@ from pathlib import Path
 
 from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
                                     build_schedule, default_out_dir, load_run_data, make_preprocess,
-                                    make_transform, model_spec, run_record, train_drop_last)
+                                    make_loaders, model_spec, run_record)
 
 _FROM_OUT = "<out>/last.npz"
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png")
@@ -133,7 +133,6 @@ def _flag(name: str, value) -> str:
 
 def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None):
     """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer."""
-    from numpymnv2.data import DataLoader
     from numpymnv2.train.trainer import Trainer
     train, val, val_source = load_run_data(cfg)
     if ckpt is not None:
@@ -145,11 +144,7 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     else:
         preprocess = make_preprocess(cfg, train)
         spec = model_spec(cfg, train.num_classes)
-    train_loader = DataLoader(train, cfg.batch_size, shuffle=True,
-                              drop_last=train_drop_last(len(train), cfg.batch_size),
-                              transform=make_transform(preprocess, train=True), seed=cfg.seed, dtype=cfg.dtype)
-    val_loader = DataLoader(val, max(cfg.batch_size, 256), shuffle=False,
-                            transform=make_transform(preprocess, train=False), seed=cfg.seed, dtype=cfg.dtype)
+    train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))

@@ -223,6 +223,17 @@ def train_drop_last(n: int, batch_size: int) -> bool:
     return n % batch_size == 1
 
 
+def make_loaders(cfg: TrainConfig, preprocess: dict, train, val):
+    """The training loader (shuffled, augmented, seeded by ``cfg.seed``) and the validation loader of a run."""
+    from numpymnv2.data import DataLoader
+    train_loader = DataLoader(train, cfg.batch_size, shuffle=True,
+                              drop_last=train_drop_last(len(train), cfg.batch_size),
+                              transform=make_transform(preprocess, train=True), seed=cfg.seed, dtype=cfg.dtype)
+    val_loader = DataLoader(val, max(cfg.batch_size, 256), shuffle=False,
+                            transform=make_transform(preprocess, train=False), seed=cfg.seed, dtype=cfg.dtype)
+    return train_loader, val_loader
+
+
 # -- model, optimizer, schedule -----------------------------------------------------------------------------
 def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     """The architecture record: the MobileNetV2 constructor arguments (and the seed of the initial weights)."""
