@@ -103,3 +103,18 @@ def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, whe
         raise ValueError(f"{where}: input {axis}={size} with kernel_size={kernel_size}, stride={stride}, "
                          f"padding={padding} gives an empty output ({axis}_out={out})")
     return out
+
+
+def npz_signature_problem(path) -> str | None:
+    """Why ``path`` cannot be an ``.npz`` archive (or ``.npy`` array), judged from its first bytes, or None.
+
+    ``np.load`` takes a file that is neither a zip archive nor an ``.npy`` array for a pickle and answers with
+    advice about ``allow_pickle``; checking the zip signature first lets callers say what is really wrong.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in (b"PK\x03\x04", b"PK\x05\x06") or head == b"\x93NUM":
+        return None     # a zip archive, or a single .npy array that np.load reads safely and callers reject
+    if not head:
+        return "the file is empty"
+    return f"it does not start with the zip signature of an .npz archive (first bytes {head!r})"

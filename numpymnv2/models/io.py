@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from numpymnv2._checks import npz_signature_problem
+
 CONFIG_KEY = "__config__"
 
 
@@ -69,6 +71,9 @@ def read_weights(path) -> tuple[dict, dict | None]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_weights: no such file: {path}")
+    problem = npz_signature_problem(path)
+    if problem:
+        raise ValueError(f"load_weights: {path} is not a readable .npz weights file ({problem})")
     try:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):

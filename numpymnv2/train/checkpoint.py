@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from numpymnv2._checks import npz_signature_problem
 from numpymnv2.train.atomic import atomic_write
 
 FORMAT = "numpymnv2-checkpoint"
@@ -136,6 +137,9 @@ def load_checkpoint(path) -> Checkpoint:
     """
     p = resolve_checkpoint_path(path)
     hint = "it may be truncated or corrupt (an interrupted copy?); use another checkpoint, e.g. best.npz or last.npz"
+    problem = npz_signature_problem(p)
+    if problem:
+        raise CheckpointError(f"{p} is not a readable numpymnv2 checkpoint: {problem}. If it was one, {hint}")
     try:
         data = np.load(p, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

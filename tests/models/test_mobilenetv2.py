@@ -307,3 +307,11 @@ def test_load_weights_errors(tmp_path):
     np.savez(pickled, a=np.array([object()], dtype=object))
     with pytest.raises(ValueError, match="pickled.npz"):
         load_weights(pickled, target)
+
+
+def test_weights_file_that_is_not_an_archive(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_text("not an archive")
+    with pytest.raises(ValueError, match="zip signature") as info:
+        read_weights(path)
+    assert "pickle" not in str(info.value)

@@ -104,6 +104,14 @@ def test_files_that_are_not_checkpoints(tmp_path, kind):
         load_checkpoint(path)
 
 
+def test_a_text_file_is_named_for_what_it_is_without_pickle_advice(tmp_path):
+    path = tmp_path / "last.npz"
+    path.write_text("not an archive")
+    with pytest.raises(CheckpointError, match="zip signature") as info:
+        load_checkpoint(path)
+    assert "pickle" not in str(info.value)
+
+
 def test_plain_npz_error_lists_what_it_holds(tmp_path):
     path = tmp_path / "weights.npz"
     np.savez(path, **{"features.0.0.weight": np.ones(3)})
