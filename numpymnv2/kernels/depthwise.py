@@ -146,6 +146,45 @@ def _depthwise_backward_input(dout, w, s, p, dx):
                                               + e1 * w[0, 1, c] * dout[n, r2, q1, c]
                                               + e2 * w[0, 0, c] * dout[n, r2, q2, c]))
                 continue
+            if K == 3 and s == 2:
+                # stride 2: at most two taps per axis reach (h, v) (one when h + p is odd); collect them, then
+                # one store per pixel with only the taps that exist
+                ra0 = ri0 = ra1 = ri1 = nr = 0
+                for a in range(3):
+                    t = h + p - a
+                    if t >= 0 and t % 2 == 0 and t // 2 < H_out:
+                        if nr == 0:
+                            ra0, ri0 = a, t // 2
+                        else:
+                            ra1, ri1 = a, t // 2
+                        nr += 1
+                cb0 = cj0 = cb1 = cj1 = nc = 0
+                for b in range(3):
+                    u = v + p - b
+                    if u >= 0 and u % 2 == 0 and u // 2 < W_out:
+                        if nc == 0:
+                            cb0, cj0 = b, u // 2
+                        else:
+                            cb1, cj1 = b, u // 2
+                        nc += 1
+                if nr == 0 or nc == 0:
+                    for c in range(C):
+                        dx[n, h, v, c] = 0
+                elif nr == 1 and nc == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c]
+                elif nr == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri0, cj1, c] * w[ra0, cb1, c]
+                elif nc == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri1, cj0, c] * w[ra1, cb0, c]
+                else:
+                    for c in range(C):
+                        dx[n, h, v, c] = (dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri0, cj1, c] * w[ra0, cb1, c]
+                                          + dout[n, ri1, cj0, c] * w[ra1, cb0, c]
+                                          + dout[n, ri1, cj1, c] * w[ra1, cb1, c])
+                continue
             for c in range(C):
                 dx[n, h, v, c] = 0
             for a in range(K):
