@@ -224,10 +224,55 @@ def _depthwise_backward_weight(x, dout, K, s, p, partial):
             a_lo = max(0, -h0)
             a_hi = min(K, H - h0)
             for a in range(a_lo, a_hi):
+                hh = h0 + a
+                # 3x3, stride 1: the three taps b of a filter row in one pass over the channels, four output
+                # pixels at a time (x columns v .. v + 5 serve all twelve products), where every b is inside
+                jl = _first_valid(p, 0, 1)
+                jh = _end_valid(W, p, 2, 1, W_out)
+                j = jl
+                if K == 3 and s == 1 and jl < jh:
+                    while j + 4 <= jh:
+                        v = j - p
+                        for c in range(C):
+                            d0 = dout[n, i, j, c]
+                            d1 = dout[n, i, j + 1, c]
+                            d2 = dout[n, i, j + 2, c]
+                            d3 = dout[n, i, j + 3, c]
+                            x0 = x[n, hh, v, c]
+                            x1 = x[n, hh, v + 1, c]
+                            x2 = x[n, hh, v + 2, c]
+                            x3 = x[n, hh, v + 3, c]
+                            x4 = x[n, hh, v + 4, c]
+                            x5 = x[n, hh, v + 5, c]
+                            row_sum[a, 0, c] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                            row_sum[a, 1, c] += d0 * x1 + d1 * x2 + d2 * x3 + d3 * x4
+                            row_sum[a, 2, c] += d0 * x2 + d1 * x3 + d2 * x4 + d3 * x5
+                        j += 4
+                    if j + 2 <= jh:
+                        v = j - p
+                        for c in range(C):
+                            d0 = dout[n, i, j, c]
+                            d1 = dout[n, i, j + 1, c]
+                            x0 = x[n, hh, v, c]
+                            x1 = x[n, hh, v + 1, c]
+                            x2 = x[n, hh, v + 2, c]
+                            x3 = x[n, hh, v + 3, c]
+                            row_sum[a, 0, c] += d0 * x0 + d1 * x1
+                            row_sum[a, 1, c] += d0 * x1 + d1 * x2
+                            row_sum[a, 2, c] += d0 * x2 + d1 * x3
+                        j += 2
+                    # what is left for each b: its own columns left of jl, and from j to its end
+                    for b in range(3):
+                        for jj in range(_first_valid(p, b, 1), jl):
+                            for c in range(C):
+                                row_sum[a, b, c] += dout[n, i, jj, c] * x[n, hh, jj - p + b, c]
+                        for jj in range(j, _end_valid(W, p, b, 1, W_out)):
+                            for c in range(C):
+                                row_sum[a, b, c] += dout[n, i, jj, c] * x[n, hh, jj - p + b, c]
+                    continue
                 for b in range(K):
                     j_lo = _first_valid(p, b, s)
                     j_hi = _end_valid(W, p, b, s, W_out)
-                    hh = h0 + a
                     j = j_lo
                     # four output pixels per update of row_sum: one read-modify-write per four products
                     while j + 4 <= j_hi:
