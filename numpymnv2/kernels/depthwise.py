@@ -65,7 +65,53 @@ def _depthwise_forward(x, w, s, p, out):
         h0 = s * i - p
         a_lo = max(0, -h0)
         a_hi = min(K, H - h0)
+        # 3x3, stride 1, all three input rows inside: four interior output pixels per pass over the channels,
+        # which load the nine weights and six x values per input row once for four outputs (each output is the
+        # same nine-tap expression as below), then two; columns [jl, jb) are done here, the others by the loop below
+        jl = min(max(p, 0), W_out)
+        jb = jl
+        if K == 3 and s == 1 and a_lo == 0 and a_hi == 3:
+            jh = min(W_out, W + p - 2)
+            while jb + 4 <= jh:
+                v = jb - p
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    x00, x01, x02 = x[n, h0, v, c], x[n, h0, v + 1, c], x[n, h0, v + 2, c]
+                    x03, x04, x05 = x[n, h0, v + 3, c], x[n, h0, v + 4, c], x[n, h0, v + 5, c]
+                    x10, x11, x12 = x[n, h0 + 1, v, c], x[n, h0 + 1, v + 1, c], x[n, h0 + 1, v + 2, c]
+                    x13, x14, x15 = x[n, h0 + 1, v + 3, c], x[n, h0 + 1, v + 4, c], x[n, h0 + 1, v + 5, c]
+                    x20, x21, x22 = x[n, h0 + 2, v, c], x[n, h0 + 2, v + 1, c], x[n, h0 + 2, v + 2, c]
+                    x23, x24, x25 = x[n, h0 + 2, v + 3, c], x[n, h0 + 2, v + 4, c], x[n, h0 + 2, v + 5, c]
+                    out[n, i, jb, c] = (w00 * x00 + w01 * x01 + w02 * x02 + w10 * x10 + w11 * x11 + w12 * x12
+                                        + w20 * x20 + w21 * x21 + w22 * x22)
+                    out[n, i, jb + 1, c] = (w00 * x01 + w01 * x02 + w02 * x03 + w10 * x11 + w11 * x12 + w12 * x13
+                                            + w20 * x21 + w21 * x22 + w22 * x23)
+                    out[n, i, jb + 2, c] = (w00 * x02 + w01 * x03 + w02 * x04 + w10 * x12 + w11 * x13 + w12 * x14
+                                            + w20 * x22 + w21 * x23 + w22 * x24)
+                    out[n, i, jb + 3, c] = (w00 * x03 + w01 * x04 + w02 * x05 + w10 * x13 + w11 * x14 + w12 * x15
+                                            + w20 * x23 + w21 * x24 + w22 * x25)
+                jb += 4
+            if jb + 2 <= jh:
+                v = jb - p
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    x00, x01, x02, x03 = x[n, h0, v, c], x[n, h0, v + 1, c], x[n, h0, v + 2, c], x[n, h0, v + 3, c]
+                    x10, x11 = x[n, h0 + 1, v, c], x[n, h0 + 1, v + 1, c]
+                    x12, x13 = x[n, h0 + 1, v + 2, c], x[n, h0 + 1, v + 3, c]
+                    x20, x21 = x[n, h0 + 2, v, c], x[n, h0 + 2, v + 1, c]
+                    x22, x23 = x[n, h0 + 2, v + 2, c], x[n, h0 + 2, v + 3, c]
+                    out[n, i, jb, c] = (w00 * x00 + w01 * x01 + w02 * x02 + w10 * x10 + w11 * x11 + w12 * x12
+                                        + w20 * x20 + w21 * x21 + w22 * x22)
+                    out[n, i, jb + 1, c] = (w00 * x01 + w01 * x02 + w02 * x03 + w10 * x11 + w11 * x12 + w12 * x13
+                                            + w20 * x21 + w21 * x22 + w22 * x23)
+                jb += 2
         for j in range(W_out):
+            if jl <= j < jb:
+                continue
             w0 = s * j - p
             b_lo = max(0, -w0)
             b_hi = min(K, W - w0)
@@ -345,7 +391,13 @@ def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty_like(x)
     work = dout.size * K * K
-    _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
+    if K == 3 and s == 1 and p <= 2:
+        # stride 1: dx is the forward convolution of dout, padded by K - 1 - p, with the flipped filter (the
+        # same nine-tap sums in the same order as _depthwise_backward_input), which takes the forward kernel's
+        # four-pixel blocks
+        _depthwise_forward.pick(work)(dout, np.ascontiguousarray(w[::-1, ::-1]), 1, K - 1 - p, dx)
+    else:
+        _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
     partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1], work), K, K, x.shape[3]), dtype=np.float64)
     _depthwise_backward_weight.pick(work)(x, dout, K, s, p, partial)
     dw = partial.sum(axis=0).astype(x.dtype)
