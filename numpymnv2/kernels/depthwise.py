@@ -5,8 +5,12 @@ pass over memory in which the innermost loop runs over the contiguous channel ax
 ``x[n, h, w, c]`` so LLVM vectorises it). The padding is never materialised: each output pixel only visits the
 taps that fall inside the image (3x3 border pixels read a clamped position and multiply it by 0, so a NaN or
 infinity in ``x`` or ``dout`` also reaches the border pixels next to it, where the reference has a zero).
-Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no reordering). Work is split over
-output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel,
+For 3x3 filters the common cases have their own loops: at stride 1 the forward computes four interior pixels per
+pass over the channels (the weights and each input row's values loaded once for four outputs), the input
+gradient is that forward applied to ``dout`` with the flipped filter, and the weight gradient updates the three
+taps of a filter row together; at stride 2 the input gradient gathers only the (at most 2x2) taps that reach a
+pixel. Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no reordering). Work is
+split over output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel,
 keeps one partial sum per thread and adds them at the end.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 from numpymnv2 import functional as F
 from numpymnv2 import kernels as K
@@ -64,8 +65,6 @@ def test_kernels_from_several_python_threads():
         t.join()
     assert not errors
 
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("min_work", [0, 1 << 62])
