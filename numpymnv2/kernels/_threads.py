@@ -43,7 +43,12 @@ _decisions: dict = {}
 
 # Below this many elements of work a kernel runs serially in the calling thread: waking the pool costs more
 # than it saves, and on a loaded machine a parallel launch waits for a worker that may not be scheduled.
-PARALLEL_MIN_WORK = 1 << 17
+# Measured on the 2-core machine (quiet, workqueue layer, float32): a parallel launch costs about 0.07 ms more
+# than a serial call, so the parallel copy of a depthwise kernel only breaks even near 4-5 million
+# multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
+# passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). The earlier 2^17
+# made every small layer of a batch-32, 32x32 step 2-3x slower than serial.
+PARALLEL_MIN_WORK = 1 << 22
 
 
 def num_chunks(rows: int, work: int) -> int:

@@ -5,8 +5,12 @@ pass over memory in which the innermost loop runs over the contiguous channel ax
 ``x[n, h, w, c]`` so LLVM vectorises it). The padding is never materialised: each output pixel only visits the
 taps that fall inside the image (3x3 border pixels read a clamped position and multiply it by 0, so a NaN or
 infinity in ``x`` or ``dout`` also reaches the border pixels next to it, where the reference has a zero).
-Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no reordering). Work is split over
-output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel,
+For 3x3 filters the common cases have their own loops: at stride 1 the forward computes four interior pixels per
+pass over the channels (the weights and each input row's values loaded once for four outputs), the input
+gradient is that forward applied to ``dout`` with the flipped filter, and the weight gradient updates the three
+taps of a filter row together; at stride 2 the input gradient gathers only the (at most 2x2) taps that reach a
+pixel. Products and sums may fuse into FMA instructions (``fastmath={"contract"}``, no reordering). Work is
+split over output rows ``(n, i)`` so threads never write the same memory; the weight gradient, a sum over every pixel,
 keeps one partial sum per thread and adds them at the end.
 """
 from __future__ import annotations
@@ -65,7 +69,53 @@ def _depthwise_forward(x, w, s, p, out):
         h0 = s * i - p
         a_lo = max(0, -h0)
         a_hi = min(K, H - h0)
+        # 3x3, stride 1, all three input rows inside: four interior output pixels per pass over the channels,
+        # which load the nine weights and six x values per input row once for four outputs (each output is the
+        # same nine-tap expression as below), then two; columns [jl, jb) are done here, the others by the loop below
+        jl = min(max(p, 0), W_out)
+        jb = jl
+        if K == 3 and s == 1 and a_lo == 0 and a_hi == 3:
+            jh = min(W_out, W + p - 2)
+            while jb + 4 <= jh:
+                v = jb - p
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    x00, x01, x02 = x[n, h0, v, c], x[n, h0, v + 1, c], x[n, h0, v + 2, c]
+                    x03, x04, x05 = x[n, h0, v + 3, c], x[n, h0, v + 4, c], x[n, h0, v + 5, c]
+                    x10, x11, x12 = x[n, h0 + 1, v, c], x[n, h0 + 1, v + 1, c], x[n, h0 + 1, v + 2, c]
+                    x13, x14, x15 = x[n, h0 + 1, v + 3, c], x[n, h0 + 1, v + 4, c], x[n, h0 + 1, v + 5, c]
+                    x20, x21, x22 = x[n, h0 + 2, v, c], x[n, h0 + 2, v + 1, c], x[n, h0 + 2, v + 2, c]
+                    x23, x24, x25 = x[n, h0 + 2, v + 3, c], x[n, h0 + 2, v + 4, c], x[n, h0 + 2, v + 5, c]
+                    out[n, i, jb, c] = (w00 * x00 + w01 * x01 + w02 * x02 + w10 * x10 + w11 * x11 + w12 * x12
+                                        + w20 * x20 + w21 * x21 + w22 * x22)
+                    out[n, i, jb + 1, c] = (w00 * x01 + w01 * x02 + w02 * x03 + w10 * x11 + w11 * x12 + w12 * x13
+                                            + w20 * x21 + w21 * x22 + w22 * x23)
+                    out[n, i, jb + 2, c] = (w00 * x02 + w01 * x03 + w02 * x04 + w10 * x12 + w11 * x13 + w12 * x14
+                                            + w20 * x22 + w21 * x23 + w22 * x24)
+                    out[n, i, jb + 3, c] = (w00 * x03 + w01 * x04 + w02 * x05 + w10 * x13 + w11 * x14 + w12 * x15
+                                            + w20 * x23 + w21 * x24 + w22 * x25)
+                jb += 4
+            if jb + 2 <= jh:
+                v = jb - p
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    x00, x01, x02, x03 = x[n, h0, v, c], x[n, h0, v + 1, c], x[n, h0, v + 2, c], x[n, h0, v + 3, c]
+                    x10, x11 = x[n, h0 + 1, v, c], x[n, h0 + 1, v + 1, c]
+                    x12, x13 = x[n, h0 + 1, v + 2, c], x[n, h0 + 1, v + 3, c]
+                    x20, x21 = x[n, h0 + 2, v, c], x[n, h0 + 2, v + 1, c]
+                    x22, x23 = x[n, h0 + 2, v + 2, c], x[n, h0 + 2, v + 3, c]
+                    out[n, i, jb, c] = (w00 * x00 + w01 * x01 + w02 * x02 + w10 * x10 + w11 * x11 + w12 * x12
+                                        + w20 * x20 + w21 * x21 + w22 * x22)
+                    out[n, i, jb + 1, c] = (w00 * x01 + w01 * x02 + w02 * x03 + w10 * x11 + w11 * x12 + w12 * x13
+                                            + w20 * x21 + w21 * x22 + w22 * x23)
+                jb += 2
         for j in range(W_out):
+            if jl <= j < jb:
+                continue
             w0 = s * j - p
             b_lo = max(0, -w0)
             b_hi = min(K, W - w0)
@@ -146,6 +196,45 @@ def _depthwise_backward_input(dout, w, s, p, dx):
                                               + e1 * w[0, 1, c] * dout[n, r2, q1, c]
                                               + e2 * w[0, 0, c] * dout[n, r2, q2, c]))
                 continue
+            if K == 3 and s == 2:
+                # stride 2: at most two taps per axis reach (h, v) (one when h + p is odd); collect them, then
+                # one store per pixel with only the taps that exist
+                ra0 = ri0 = ra1 = ri1 = nr = 0
+                for a in range(3):
+                    t = h + p - a
+                    if t >= 0 and t % 2 == 0 and t // 2 < H_out:
+                        if nr == 0:
+                            ra0, ri0 = a, t // 2
+                        else:
+                            ra1, ri1 = a, t // 2
+                        nr += 1
+                cb0 = cj0 = cb1 = cj1 = nc = 0
+                for b in range(3):
+                    u = v + p - b
+                    if u >= 0 and u % 2 == 0 and u // 2 < W_out:
+                        if nc == 0:
+                            cb0, cj0 = b, u // 2
+                        else:
+                            cb1, cj1 = b, u // 2
+                        nc += 1
+                if nr == 0 or nc == 0:
+                    for c in range(C):
+                        dx[n, h, v, c] = 0
+                elif nr == 1 and nc == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c]
+                elif nr == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri0, cj1, c] * w[ra0, cb1, c]
+                elif nc == 1:
+                    for c in range(C):
+                        dx[n, h, v, c] = dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri1, cj0, c] * w[ra1, cb0, c]
+                else:
+                    for c in range(C):
+                        dx[n, h, v, c] = (dout[n, ri0, cj0, c] * w[ra0, cb0, c] + dout[n, ri0, cj1, c] * w[ra0, cb1, c]
+                                          + dout[n, ri1, cj0, c] * w[ra1, cb0, c]
+                                          + dout[n, ri1, cj1, c] * w[ra1, cb1, c])
+                continue
             for c in range(C):
                 dx[n, h, v, c] = 0
             for a in range(K):
@@ -185,10 +274,55 @@ def _depthwise_backward_weight(x, dout, K, s, p, partial):
             a_lo = max(0, -h0)
             a_hi = min(K, H - h0)
             for a in range(a_lo, a_hi):
+                hh = h0 + a
+                # 3x3, stride 1: the three taps b of a filter row in one pass over the channels, four output
+                # pixels at a time (x columns v .. v + 5 serve all twelve products), where every b is inside
+                jl = _first_valid(p, 0, 1)
+                jh = _end_valid(W, p, 2, 1, W_out)
+                j = jl
+                if K == 3 and s == 1 and jl < jh:
+                    while j + 4 <= jh:
+                        v = j - p
+                        for c in range(C):
+                            d0 = dout[n, i, j, c]
+                            d1 = dout[n, i, j + 1, c]
+                            d2 = dout[n, i, j + 2, c]
+                            d3 = dout[n, i, j + 3, c]
+                            x0 = x[n, hh, v, c]
+                            x1 = x[n, hh, v + 1, c]
+                            x2 = x[n, hh, v + 2, c]
+                            x3 = x[n, hh, v + 3, c]
+                            x4 = x[n, hh, v + 4, c]
+                            x5 = x[n, hh, v + 5, c]
+                            row_sum[a, 0, c] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                            row_sum[a, 1, c] += d0 * x1 + d1 * x2 + d2 * x3 + d3 * x4
+                            row_sum[a, 2, c] += d0 * x2 + d1 * x3 + d2 * x4 + d3 * x5
+                        j += 4
+                    if j + 2 <= jh:
+                        v = j - p
+                        for c in range(C):
+                            d0 = dout[n, i, j, c]
+                            d1 = dout[n, i, j + 1, c]
+                            x0 = x[n, hh, v, c]
+                            x1 = x[n, hh, v + 1, c]
+                            x2 = x[n, hh, v + 2, c]
+                            x3 = x[n, hh, v + 3, c]
+                            row_sum[a, 0, c] += d0 * x0 + d1 * x1
+                            row_sum[a, 1, c] += d0 * x1 + d1 * x2
+                            row_sum[a, 2, c] += d0 * x2 + d1 * x3
+                        j += 2
+                    # what is left for each b: its own columns left of jl, and from j to its end
+                    for b in range(3):
+                        for jj in range(_first_valid(p, b, 1), jl):
+                            for c in range(C):
+                                row_sum[a, b, c] += dout[n, i, jj, c] * x[n, hh, jj - p + b, c]
+                        for jj in range(j, _end_valid(W, p, b, 1, W_out)):
+                            for c in range(C):
+                                row_sum[a, b, c] += dout[n, i, jj, c] * x[n, hh, jj - p + b, c]
+                    continue
                 for b in range(K):
                     j_lo = _first_valid(p, b, s)
                     j_hi = _end_valid(W, p, b, s, W_out)
-                    hh = h0 + a
                     j = j_lo
                     # four output pixels per update of row_sum: one read-modify-write per four products
                     while j + 4 <= j_hi:
@@ -261,7 +395,13 @@ def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty_like(x)
     work = dout.size * K * K
-    _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
+    if K == 3 and s == 1 and p <= 2:
+        # stride 1: dx is the forward convolution of dout, padded by K - 1 - p, with the flipped filter (the
+        # same nine-tap sums in the same order as _depthwise_backward_input), which takes the forward kernel's
+        # four-pixel blocks
+        _depthwise_forward.pick(work)(dout, np.ascontiguousarray(w[::-1, ::-1]), 1, K - 1 - p, dx)
+    else:
+        _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
     partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1], work), K, K, x.shape[3]), dtype=np.float64)
     _depthwise_backward_weight.pick(work)(x, dout, K, s, p, partial)
     dw = partial.sum(axis=0).astype(x.dtype)

@@ -5,6 +5,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 from numpymnv2 import functional as F
 from numpymnv2 import kernels as K
@@ -63,3 +64,31 @@ def test_kernels_from_several_python_threads():
     for t in threads:
         t.join()
     assert not errors
+
+
+
+@pytest.mark.parametrize("min_work", [0, 1 << 62])
+def test_parallel_and_serial_copies_match_reference(monkeypatch, min_work):
+    # the threshold is far above the test shapes, so force each copy in turn (0: parallel, huge: serial)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", min_work)
+    rng = np.random.default_rng(7)
+    for s in (1, 2):
+        x = rng.standard_normal((3, 7, 6, 20))
+        w = rng.standard_normal((3, 3, 20))
+        out, cache = K.depthwise_conv2d_forward(x, w, s, 1)
+        out_ref, cache_ref = F.depthwise_conv2d_forward(x, w, s, 1)
+        np.testing.assert_allclose(out, out_ref, rtol=0, atol=1e-12)
+        dout = rng.standard_normal(out.shape)
+        for a, b in zip(K.depthwise_conv2d_backward(dout, cache), F.depthwise_conv2d_backward(dout, cache_ref)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
+    x = rng.standard_normal((3, 5, 4, 12)) * 2 + 1
+    g, b = rng.standard_normal(12), rng.standard_normal(12)
+    for training in (True, False):
+        rm, rv = np.zeros(12), np.ones(12)
+        out, cache = K.batchnorm_act_forward(x, g, b, rm, rv, training, 0.1, 1e-5, "relu6", x)
+        out_ref, cache_ref = F.batchnorm_act_forward(x, g, b, np.zeros(12), np.ones(12), training, 0.1, 1e-5,
+                                                     "relu6", x)
+        np.testing.assert_allclose(out, out_ref, rtol=0, atol=1e-12)
+        dout = rng.standard_normal(x.shape)
+        for a, r in zip(K.batchnorm_act_backward(dout, cache)[:3], F.batchnorm_act_backward(dout, cache_ref)[:3]):
+            np.testing.assert_allclose(a, r, rtol=0, atol=1e-11)
