@@ -1,6 +1,6 @@
 """The ReLU6 kernel equals the reference."""
 import numpy as np
-from conftest import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
+from kernel_settings import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,7 +1,7 @@
 """BatchNorm and fused BatchNorm + activation (+ residual) kernels equal the reference, train and eval."""
 import numpy as np
 import pytest
-from conftest import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
+from kernel_settings import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
 from hypothesis import given
 from hypothesis import strategies as st
 

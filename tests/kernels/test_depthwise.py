@@ -1,7 +1,7 @@
 """The depthwise kernels equal the reference on random shapes, strides, paddings and odd kernel sizes."""
 import numpy as np
 import pytest
-from conftest import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
+from kernel_settings import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 input gradient and the BatchNorm running statistics."""
 import numpy as np
 import pytest
-from conftest import NO_JIT
+from kernel_settings import NO_JIT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
