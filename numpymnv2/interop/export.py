@@ -148,8 +148,10 @@ def load_source(path, arch=None, width=None, num_classes=None):
     try:
         model = load_weights(p, MobileNetV2(**spec))
     except ValueError as exc:
-        raise ValueError(f"{exc}\n{p} records no architecture: pass the --arch, --width and --num-classes it was "
-                         f"trained with (tried {describe_config(spec)})") from None
+        lines = str(exc).splitlines()
+        shown = lines[:6] + ([f"  ... ({len(lines) - 6} more lines)"] if len(lines) > 6 else [])
+        raise ValueError("\n".join(shown) + f"\n{p} records no architecture: pass the --arch, --width and "
+                         f"--num-classes it was trained with (tried {describe_config(spec)})") from None
     return model.eval(), None, None, "weights"
 
 
