@@ -13,6 +13,7 @@ from numpymnv2.data.dataset import Dataset, default_data_dir, load_dataset
 from numpymnv2.data.digits import load_digits
 from numpymnv2.data.fetch import download, fetch_file
 from numpymnv2.data.folder import load_image_folder
+from numpymnv2.data.images import open_image, read_image
 from numpymnv2.data.loader import DataLoader
 from numpymnv2.data.mnist import load_fashion_mnist, load_mnist, read_idx
 from numpymnv2.data import transforms
@@ -20,6 +21,6 @@ from numpymnv2.data.transforms import (Compose, GrayToRGB, Normalize, RandomCrop
                                        ToFloat, bilinear_resize, channel_stats, default_transform)
 
 __all__ = ["Dataset", "load_dataset", "default_data_dir", "load_digits", "load_mnist", "load_fashion_mnist",
-           "load_cifar10", "load_image_folder", "read_idx", "read_cifar_batch", "download", "fetch_file",
+           "load_cifar10", "load_image_folder", "open_image", "read_image", "read_idx", "read_cifar_batch", "download", "fetch_file",
            "DataLoader", "transforms", "Compose", "ToFloat", "Resize", "GrayToRGB", "Normalize", "RandomCrop",
            "RandomHorizontalFlip", "bilinear_resize", "channel_stats", "default_transform"]

@@ -10,7 +10,10 @@ Two layouts are understood::
 A root with a sub-folder named ``train``, ``test`` or ``val`` has the split layout. Classes are the class
 sub-folder names sorted as Python sorts strings; in the split layout they come from ``train/`` (when it
 exists) for every split, so label k means the same class in train and test. Files are read in sorted order
-within each class. Every image is converted to RGB, so C is 3.
+within each class. Every image is decoded by :func:`numpymnv2.data.images.open_image`, which converts every
+Pillow mode (16-bit, palette, transparency, CMYK, EXIF orientation, ...) to RGB, so C is 3, and refuses
+decompression bombs and damaged files with an error naming the file. A class folder without any image file is
+an error (it would otherwise become a class that no image teaches).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from numpymnv2.data.dataset import Dataset, check_split
+from numpymnv2.data.images import MAX_IMAGE_PIXELS, open_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "test", "val")
@@ -56,7 +60,8 @@ def _as_size(size) -> tuple[int, int] | None:
 
 
 def load_image_folder(root, split: str = "train", size=None,
-                      extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Dataset:
+                      extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                      max_pixels: int | None = MAX_IMAGE_PIXELS) -> Dataset:
     """Read every image of one split into memory, shape (N, H, W, 3).
 
     Parameters
@@ -68,15 +73,18 @@ def load_image_folder(root, split: str = "train", size=None,
         footprint when shrinking). Without it every image must already have the size of the first one.
     extensions : tuple of str
         File endings to read, compared case-insensitively; other files are skipped.
+    max_pixels : int or None
+        Refuse any image of more pixels than this (before decoding it); see :func:`~numpymnv2.data.images.open_image`.
 
     Raises
     ------
     FileNotFoundError
         ``root`` or the split's folder is missing, or no image was found.
     ValueError
-        An image cannot be decoded, differs in size without ``size``, or a test class is not a train class.
+        An image cannot be decoded or is too large, images differ in size without ``size``, a class folder of
+        the split that defines the classes holds no image file, or a test class is not a train class.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     check_split(split, "load_dataset('folder')", allowed=SPLIT_FOLDERS)
     root = Path(root).expanduser()
@@ -88,22 +96,30 @@ def load_image_folder(root, split: str = "train", size=None,
     index = {name: k for k, name in enumerate(classes)}
     extensions = tuple(e.lower() for e in extensions)
 
-    images, labels = [], []
-    first = None
+    listing = []
     for class_dir in _subfolders(folder):
         if class_dir.name not in index:
             raise ValueError(f"folder: class {class_dir.name!r} in {folder} is not among the "
                              f"{len(classes)} classes of {classes_from}: {classes}")
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+        listing.append((index[class_dir.name], files))
+    if not any(files for _, files in listing):
+        raise FileNotFoundError(f"folder: no image files ({', '.join(extensions)}) in the class sub-folders "
+                                f"of {folder}")
+    empty = [classes[label] for label, files in listing if not files]
+    if empty and folder == classes_from:
+        raise ValueError(f"folder: the class folder(s) {', '.join(empty)} of {folder} hold no image files "
+                         f"({', '.join(extensions)}); add images or remove the folder(s), or each would become a "
+                         f"class with nothing to learn from")
+
+    images, labels = [], []
+    first = None
+    for label, files in listing:
         for path in files:
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    if target is not None and im.size != (target[1], target[0]):
-                        im = im.resize((target[1], target[0]), Image.BILINEAR)
-                    x = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ValueError(f"folder: cannot read image {path}: {exc}") from exc
+            im = open_image(path, "RGB", max_pixels=max_pixels)
+            if target is not None and im.size != (target[1], target[0]):
+                im = im.resize((target[1], target[0]), Image.BILINEAR)
+            x = np.asarray(im, dtype=np.uint8)
             if first is None:
                 first = (path, x.shape)
             elif x.shape != first[1]:
@@ -111,8 +127,5 @@ def load_image_folder(root, split: str = "train", size=None,
                                  f"{first[1][1]}x{first[1][0]}; expected all images the same size, or pass "
                                  f"size=(H, W) to resize them")
             images.append(x)
-            labels.append(index[class_dir.name])
-    if not images:
-        raise FileNotFoundError(f"folder: no image files ({', '.join(extensions)}) in the class sub-folders "
-                                f"of {folder}")
+            labels.append(label)
     return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, "folder")

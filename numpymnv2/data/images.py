@@ -1,0 +1,159 @@
+"""Read one image file safely: :func:`open_image` (a Pillow image) and :func:`read_image` (a uint8 array).
+
+Every place that reads an image file (the image-folder dataset, ``numpymnv2 predict``) goes through here, so
+every Pillow mode becomes the same RGB (or grayscale) pixels everywhere, and a hostile or damaged file ends in
+one ``ValueError`` that names it.
+
+Modes and how they become 8-bit RGB or grayscale (``L``)
+---------------------------------------------------------
+=====================================  =======================================================================
+Pillow mode                            conversion
+=====================================  =======================================================================
+``RGB``, ``L``                         as they are (``L`` to RGB repeats the gray value in the three channels)
+``1`` (1-bit)                          0 and 255
+``P`` (palette)                        looked up in the palette; a transparent palette entry is composited
+                                       like an alpha channel (below)
+``RGBA``, ``LA``, ``PA``, ``RGBa``,    composited over ``background`` (white by default, as a viewer shows the
+``La``                                 image on a white page); premultiplied modes are un-premultiplied first
+``I;16``, ``I;16L``, ``I;16B``,        16-bit values scaled to 8 bits, ``round(v * 255 / 65535)`` (Pillow's own
+``I;16N``                              ``convert`` would clip them at 255, turning the image white)
+``I`` (32-bit integer)                 taken as 16-bit data (how older Pillow opens 16-bit PNGs), clipped to
+                                       0..65535 and scaled as above
+``CMYK``, ``YCbCr``, ``RGBX``,         Pillow's conversion to RGB
+``HSV``, ``LAB`` and the rest
+``F`` (32-bit float)                   rejected: floating-point pixels have no agreed range (0..1 or 0..255)
+=====================================  =======================================================================
+
+The EXIF orientation tag (photos from phones and cameras) is applied, so pixels are in the orientation a viewer
+shows; an animated or multi-page file gives its first frame.
+
+Safety
+------
+* Only raster formats are decoded (PNG, JPEG, BMP, GIF, TIFF, WebP, PBM/PGM/PPM), whatever the file is named:
+  Pillow's EPS reader would run Ghostscript on the file, and nothing here needs the rarer formats.
+* The pixel count is read from the header and compared with ``max_pixels`` *before* anything is decoded, so a
+  small file claiming 400 megapixels (a "decompression bomb") is refused in microseconds. Pillow's own
+  ``DecompressionBombError``/``DecompressionBombWarning`` never escape.
+* A truncated or corrupt file is a ``ValueError`` naming the file; a missing file or a folder is the usual
+  ``FileNotFoundError``/``IsADirectoryError``.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# Pillow's own default (Image.MAX_IMAGE_PIXELS): about 89.5 megapixels, i.e. 268 MB of decoded RGB
+MAX_IMAGE_PIXELS = 89_478_485
+# Pillow format names that may be decoded (the plug-ins' registered names)
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def open_image(path, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS,
+               background=(255, 255, 255)):
+    """Decode an image file into a Pillow image of ``mode`` (``"RGB"`` or ``"L"``), fully loaded, file closed.
+
+    Parameters
+    ----------
+    path : str or Path
+    mode : {"RGB", "L"}
+        Colour (three channels) or grayscale (ITU-R 601-2 luma of the RGB image, as Pillow's ``convert("L")``).
+    max_pixels : int or None
+        Refuse an image of more than this many pixels (``width * height``) before decoding it; None: no limit
+        of ours. Pillow refuses more than twice its ``PIL.Image.MAX_IMAGE_PIXELS`` in any case.
+    background : (int, int, int)
+        The colour that transparent pixels are composited over.
+
+    Returns
+    -------
+    PIL.Image.Image
+        In ``mode``, with the EXIF orientation applied.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        The file cannot be opened.
+    ValueError
+        Not an image of a supported format, larger than ``max_pixels``, truncated or corrupt, or of a mode with
+        no defined 8-bit conversion (``F``). The message names the file.
+    """
+    from PIL import Image, ImageOps
+
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"open_image: mode must be 'RGB' or 'L', got {mode!r}")
+    path = Path(path)
+    formats = _formats()
+    with open(path, "rb") as f, warnings.catch_warnings():
+        # the explicit pixel check below replaces Pillow's warning and error, which would otherwise escape
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(f, formats=formats)
+        except Image.DecompressionBombError as exc:   # above twice Pillow's own Image.MAX_IMAGE_PIXELS
+            raise ValueError(f"{path}: the image is too large to decode safely, more pixels than Pillow's limit "
+                             f"({exc}); a decompression bomb, or raise PIL.Image.MAX_IMAGE_PIXELS") from None
+        except Exception as exc:   # Pillow's plug-ins raise many types on bytes they cannot parse
+            raise ValueError(f"{path}: not an image file of a supported format "
+                             f"({', '.join(formats)}): {_reason(exc)}") from None
+        with im:
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ValueError(f"{path}: the image is {width}x{height} = {width * height:,} pixels, more than "
+                                 f"the limit of {max_pixels:,}; a decompression bomb, or pass a larger "
+                                 f"max_pixels")
+            if im.mode == "F":
+                raise ValueError(f"{path}: 32-bit floating-point pixels (mode F) have no agreed range; save the "
+                                 f"image with 8 or 16 bits per channel")
+            try:
+                im.load()
+            except Exception as exc:   # truncated data, bad compressed streams, ...
+                raise ValueError(f"{path}: cannot decode the image: {_reason(exc)}") from None
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:   # an unreadable EXIF block: the pixels are fine, keep them as stored
+                pass
+            return _convert(im, mode, background)
+
+
+def read_image(path, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS,
+               background=(255, 255, 255)) -> np.ndarray:
+    """:func:`open_image` as an array: uint8 of shape (H, W, 3) for ``"RGB"``, (H, W, 1) for ``"L"``."""
+    im = open_image(path, mode, max_pixels, background)
+    x = np.asarray(im, dtype=np.uint8)
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _formats() -> list[str]:
+    from PIL import Image
+    Image.init()
+    return [name for name in IMAGE_FORMATS if name in Image.OPEN]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _convert(im, mode: str, background):
+    """A loaded image of any mode to ``mode`` ("RGB" or "L"), as the module docstring's table says."""
+    from PIL import Image
+
+    if im.mode == mode:
+        return im
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        v = np.asarray(im).astype(np.int64)
+        v = np.clip(v, 0, 65535)
+        gray = Image.fromarray(((v * 255 + 32767) // 65535).astype(np.uint8), "L")
+        return gray if mode == "L" else gray.convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif im.mode in ("PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        base = Image.new("RGB", im.size, tuple(int(c) for c in background))
+        base.paste(im.convert("RGBA"), mask=im.getchannel("A"))
+        im = base
+    return im.convert(mode)
+
