@@ -4,7 +4,6 @@ Skipped without onnx and onnxruntime (``pip install "numpymnv2[onnx]"``; CI inst
 against the largest logit: ``|onnx - numpymnv2| <= 1e-5 * max |numpymnv2|`` everywhere (plus 1e-5 elementwise).
 """
 import collections
-import sys
 import warnings
 
 import numpy as np
@@ -287,19 +286,3 @@ def test_export_is_atomic_and_replaces_an_existing_file(tmp_path):
     result = to_onnx(model, path, check=False)
     assert path.stat().st_size == result.size_bytes and onnx.load(str(path)).graph.output[0].name == "logits"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-
-
-def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):
-    model = MobileNetV2(num_classes=3, width_mult=0.1, seed=0).eval()
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(ImportError, match=r'pip install "numpymnv2\[onnx\]"'):
-        to_onnx(model, tmp_path / "m.onnx")
-
-
-def test_missing_onnxruntime_names_the_extra_and_the_way_around(monkeypatch, tmp_path):
-    model = MobileNetV2(num_classes=3, width_mult=0.1, seed=0).eval()
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match=r'numpymnv2\[onnx\].*check=False'):
-        to_onnx(model, tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
-    assert to_onnx(model, tmp_path / "m.onnx", check=False).check is None
