@@ -419,6 +419,10 @@ def _onnx_worker(side: str, task: str, spec: dict) -> dict:
         want = model(x)
         got = sess.run(None, _onnx_feed(side, sess, x))[0]
         result["meta"]["max_rel_diff_to_numpymnv2"] = float(np.abs(got - want).max() / np.abs(want).max())
+        result["meta"]["optimized_ops"] = _ort_optimized_ops(path)
+        return result
+    if task == "onnx-paired":
+        result["meta"]["paired_ratio"] = _onnx_paired(spec, rows)
         return result
     warmup, reps = spec.get("warmup", 5), spec.get("reps", 20)
     if side == "numpymnv2-fused":
@@ -440,6 +444,52 @@ def _onnx_worker(side: str, task: str, spec: dict) -> dict:
     return result
 
 
+def _ort_optimized_ops(path) -> dict:
+    """Node counts by type of the graph onnxruntime actually runs (after its optimisations) for this file."""
+    import collections
+
+    import onnx
+    import onnxruntime
+    with tempfile.TemporaryDirectory() as folder:
+        opts = onnxruntime.SessionOptions()
+        opts.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+        opts.log_severity_level = 3         # its warning that the saved graph is specific to this CPU
+        onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    kinds = (f"{n.domain.rsplit('.', 1)[-1]}.{n.op_type}" if n.domain else n.op_type for n in graph.node)
+    return dict(sorted(collections.Counter(kinds).items()))
+
+
+def _onnx_paired(spec, rows) -> dict:
+    """Both exported files in one process, run alternately: the median of the per-pair time ratios per row.
+
+    A shared machine's load drifts; a pair of runs a few milliseconds apart sees nearly the same load, so the
+    median of pair ratios is steadier than a ratio of medians. Both sessions have thread spinning off (else the
+    idle pool of one spins on the cores the other needs); otherwise the settings of the ``onnx`` task.
+    """
+    import onnxruntime
+    sessions = {}
+    for side in ("ort-numpymnv2", "ort-torch"):
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = ORT_THREADS
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[side] = onnxruntime.InferenceSession(spec["paths"][side], opts, providers=["CPUExecutionProvider"])
+    out = {}
+    for row in rows:
+        x = _np_model(row)[1]
+        fns = {side: (lambda s=s, feed=_onnx_feed(side, s, x): s.run(None, feed)) for side, s in sessions.items()}
+        for fn in fns.values():
+            _time(fn, spec.get("warmup", 5), 0)
+        ratios = []
+        for i in range(spec.get("reps", 20)):
+            order = ("ort-numpymnv2", "ort-torch") if i % 2 == 0 else ("ort-torch", "ort-numpymnv2")
+            t = {side: _time(fns[side], 0, 1)[0] for side in order}
+            ratios.append(t["ort-numpymnv2"] / t["ort-torch"])
+        out[row[0]] = {"median": float(np.median(ratios)), "q25": float(np.percentile(ratios, 25)),
+                       "q75": float(np.percentile(ratios, 75)), "pairs": len(ratios)}
+    return out
+
+
 def _onnxruntime_available() -> bool:
     import importlib.util
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
@@ -458,25 +508,35 @@ def _onnx_suite(args, log) -> tuple[list, dict]:
         for side in paths:
             log(f"  export {side}")
             exports[side] = _spawn(side, "onnx-export", {"rows": rows[:1], "paths": paths})["meta"]
-        res = _rounds(sides, "onnx", {"rows": rows, "paths": paths, "reps": args.reps * 4, "warmup": 5},
-                      args.rounds, log)
-    res["exports"] = exports
+        spec = {"rows": rows, "paths": paths, "reps": args.reps * 4, "warmup": 5}
+        res = _rounds(sides, "onnx", spec, args.rounds, log)
+        paired = {}
+        if "ort-torch" in sides:
+            for r in range(args.rounds):
+                log(f"  round {r + 1}/{args.rounds}: both exports alternately in one process")
+                for name, d in _spawn("ort-numpymnv2", "onnx-paired", spec)["meta"]["paired_ratio"].items():
+                    paired.setdefault(name, []).append(d["median"])
+    res["exports"], res["paired_ratio_medians_per_round"] = exports, paired
     ms, mins = res["ms"], res["min_ms"]
     torch_ms, torch_min = ms.get("ort-torch", {}), mins.get("ort-torch", {})
     lines = title + ["| row | onnxruntime, numpymnv2's export ms | onnxruntime, PyTorch's export ms | ratio "
-                     "(target <= 1.1) | numpymnv2 model.fuse() ms | fuse / PyTorch's export | min ms: numpymnv2's "
-                     "export / PyTorch's / fuse | ratio of mins |", "|---|---|---|---|---|---|---|---|"]
+                     "(target <= 1.1) | paired ratio | numpymnv2 model.fuse() ms | fuse / PyTorch's export | min ms: "
+                     "numpymnv2's export / PyTorch's / fuse | ratio of mins |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         name = row[0]
         ours, fused, theirs = ms["ort-numpymnv2"][name], ms["numpymnv2-fused"][name], torch_ms.get(name)
         m_ours, m_fused, m_theirs = mins["ort-numpymnv2"][name], mins["numpymnv2-fused"][name], torch_min.get(name)
+        pair = float(np.median(paired[name])) if name in paired else None
         lines.append(f"| {name} | {ours:.2f} | {_fmt(theirs)} | {_fmt(ours / theirs if theirs else None)} | "
-                     f"{fused:.2f} | {_fmt(fused / theirs if theirs else None)} | {m_ours:.2f} / {_fmt(m_theirs)} / "
+                     f"{_fmt(pair)} | {fused:.2f} | {_fmt(fused / theirs if theirs else None)} | {m_ours:.2f} / {_fmt(m_theirs)} / "
                      f"{m_fused:.2f} | {_fmt(m_ours / m_theirs if m_theirs else None)} |")
-    lines.append("")
+    lines += ["", "Paired ratio: both files in one process, run alternately (thread spinning off in both), the "
+              "median over the rounds of each round's median ratio of neighbouring runs.", ""]
     for side, meta in exports.items():
+        ops = ", ".join(f"{n} {op}" for op, n in meta["optimized_ops"].items())
         lines.append(f"- {side}: {meta['exporter']}, opset {meta['opset']}; largest difference from numpymnv2's "
-                     f"logits (batch 2, 224px) {meta['max_rel_diff_to_numpymnv2']:.1e} of the largest logit")
+                     f"logits (batch 2, 224px) {meta['max_rel_diff_to_numpymnv2']:.1e} of the largest logit; "
+                     f"onnxruntime runs it as {ops}")
     ort_meta = res["meta"]["ort-numpymnv2"]
     lines += [f"- onnxruntime {ort_meta['onnxruntime']}, CPU provider, intra-op threads {ORT_THREADS}, all graph "
               f"optimisations; numpymnv2 threading {res['meta']['numpymnv2-fused'].get('threads')}",

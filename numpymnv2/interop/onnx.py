@@ -85,7 +85,7 @@ def import_onnxruntime():
 # building the graph
 # ----------------------------------------------------------------------------------------------------------
 class _GraphBuilder:
-    """Nodes and initializers of one graph, with unique names derived from the layer names."""
+    """The nodes and initializers of one graph; a node is named after its output (from the layer names)."""
 
     def __init__(self, onnx):
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
