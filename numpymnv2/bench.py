@@ -41,7 +41,7 @@ import numpy as np
 
 from numpymnv2.interop import torch_bench
 
-# (name, batch, resolution, width_mult, num_classes, variant, mode): the rows of the table
+# (name, batch, resolution, width_mult, num_classes, variant, mode): the train and inference rows of the report
 MODEL_ROWS = [
     ("train b32 32px w1.0 c10", 32, 32, 1.0, 10, "imagenet", "train"),
     ("train b32 32px w1.0 c10 CIFAR strides", 32, 32, 1.0, 10, "cifar", "train"),
@@ -156,8 +156,10 @@ def _np_step_fn(row):
 
 
 def _np_op_fns(spec):
-    from numpymnv2.kernels import (batchnorm_act_backward, batchnorm_act_forward, depthwise_conv2d_backward,
-                                   depthwise_conv2d_forward, pointwise_conv2d_backward, pointwise_conv2d_forward)
+    from numpymnv2.ops import BATCHNORM_ACT, DEPTHWISE_CONV2D, POINTWISE_CONV2D
+    depthwise_conv2d_forward, depthwise_conv2d_backward = DEPTHWISE_CONV2D.fast
+    batchnorm_act_forward, batchnorm_act_backward = BATCHNORM_ACT.fast
+    pointwise_conv2d_forward, pointwise_conv2d_backward = POINTWISE_CONV2D.fast
     rng = np.random.default_rng(0)
     fns = {}
     for N, H, W, C, s in spec["depthwise"]:

@@ -12,6 +12,8 @@ Layout of the file (every entry an array; ``np.load(path, allow_pickle=False)`` 
     model/<name>         the model's ``state_dict()`` (parameters and BatchNorm buffers)
     optimizer/<name>     the optimizer's flat ``state_dict()``
     schedule/<name>      the learning-rate schedule's ``state_dict()``
+    split/<name>         which images the run trained and validated on: ``train_rows``, ``val_rows`` (int64
+                         row indices into the dataset's splits; see :func:`numpymnv2.train.config.load_run_data`)
 
 Generator states are JSON because PCG64's 128-bit integers do not fit any NumPy integer dtype, and JSON keeps
 them exact. Files are written with :func:`numpymnv2.train.atomic.atomic_write`, so a crash while saving
@@ -33,7 +35,7 @@ from numpymnv2.train.atomic import atomic_write
 FORMAT = "numpymnv2-checkpoint"
 FORMAT_VERSION = 1
 _META = ("config", "progress", "history", "best", "rng")
-_ARRAY_GROUPS = ("model", "optimizer", "schedule")
+_ARRAY_GROUPS = ("model", "optimizer", "schedule", "split")
 
 
 class CheckpointError(ValueError):
@@ -48,6 +50,10 @@ class Checkpoint:
     ----------
     model, optimizer, schedule : dict of str to ndarray
         The ``state_dict()`` of each (optimizer and schedule may be empty, e.g. for exported weights).
+    split : dict of str to ndarray
+        ``train_rows`` and ``val_rows``: the rows of the dataset the run trained and validated on, so
+        ``numpymnv2 evaluate --split train|val`` scores exactly those images (empty for converted weights and
+        checkpoints written before the split was stored).
     config : dict
         JSON-able configuration of the run; ``config["model"]`` describes the architecture and
         ``config["preprocess"]`` how images become network input.
@@ -67,6 +73,7 @@ class Checkpoint:
     model: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
     schedule: dict[str, np.ndarray] = field(default_factory=dict)
+    split: dict[str, np.ndarray] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -182,7 +189,7 @@ def load_checkpoint(path) -> Checkpoint:
     if not groups["model"]:
         raise CheckpointError(f"{p}: the checkpoint holds no model arrays; {hint}")
     return Checkpoint(model=groups["model"], optimizer=groups["optimizer"], schedule=groups["schedule"],
-                      path=p, **meta)
+                      split=groups["split"], path=p, **meta)
 
 
 # -- random generators ------------------------------------------------------------------------------------

@@ -3,22 +3,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import randomize_bn
 
 from numpymnv2 import gradcheck
 from numpymnv2.models import InvertedResidual
 from numpymnv2.nn import BatchNorm2d, ConvBNAct, DepthwiseConv2d, PointwiseConv2d
-
-
-def randomize_bn(module, rng):
-    """Non-trivial BatchNorm parameters and running statistics, so every term of the gradient is exercised."""
-    for name, p in module.named_parameters():
-        if p.data.ndim == 1:
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else rng.uniform(-.3, .3, p.shape)
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b[...] = rng.uniform(-0.2, 0.2, b.shape)
-        elif name.endswith("running_var"):
-            b[...] = rng.uniform(0.5, 1.5, b.shape)
 
 
 # (inp, oup, stride, expand_ratio) of each kind of block
@@ -106,7 +95,9 @@ def test_errors_name_the_block():
     block(np.ones((2, 8, 8, 24), dtype=np.float32))
     with pytest.raises(ValueError, match="gradient of shape"):
         block.backward(np.zeros((2, 4, 4, 24), dtype=np.float32))
-    for bad in [dict(stride=0), dict(expand_ratio=0), dict(inp=2.5)]:
+    for bad, error, message in [(dict(stride=0), ValueError, "InvertedResidual: expected stride >= 1, got 0"),
+                                (dict(expand_ratio=0), ValueError, "expected expand_ratio >= 1, got 0"),
+                                (dict(inp=2.5), TypeError, "InvertedResidual: expected an integer inp, got 2.5")]:
         args = dict(inp=4, oup=4, stride=1, expand_ratio=6) | bad
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(error, match=message):
             InvertedResidual(**args)

@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import randomize_bn
 
 from numpymnv2 import gradcheck, softmax_cross_entropy
 from numpymnv2.models import (CIFAR_SETTING, InvertedResidual, MobileNetV2, fold_batchnorm, load_weights,
                               read_weights, save_weights)
 
 TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-
-
-def randomize_bn(module, rng):
-    for name, p in module.named_parameters():
-        if p.data.ndim == 1 and not name.startswith("classifier"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else rng.uniform(-.3, .3, p.shape)
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b[...] = rng.uniform(-0.2, 0.2, b.shape)
-        elif name.endswith("running_var"):
-            b[...] = rng.uniform(0.5, 1.5, b.shape)
 
 
 def torchvision_keys():
@@ -135,9 +125,10 @@ def test_custom_setting_and_its_validation():
     model = MobileNetV2(num_classes=4, inverted_residual_setting=[[1, 8, 1, 1], [2, 16, 2, 2]], seed=0)
     assert len(model.features) == 5 and isinstance(model.features[3], InvertedResidual)
     assert model.eval()(np.zeros((1, 32, 32, 3), dtype=np.float32)).shape == (1, 4)
-    for bad, match in [([], "empty"), ([(1, 16, 1)], "4 entries"), ([(1, 16, 0, 1)], "entry 'n'"),
-                       ([(1.5, 16, 1, 1)], "entry 't'"), (5, "sequence")]:
-        with pytest.raises(ValueError, match=match):
+    for bad, error, match in [([], ValueError, "empty"), ([(1, 16, 1)], ValueError, "4 entries"),
+                              ([(1, 16, 0, 1)], ValueError, "entry 'n'"), ([(1.5, 16, 1, 1)], TypeError, "entry 't'"),
+                              (5, ValueError, "sequence")]:
+        with pytest.raises(error, match=match):
             MobileNetV2(inverted_residual_setting=bad)
     with pytest.raises(ValueError, match="width_mult"):
         MobileNetV2(width_mult=0)
