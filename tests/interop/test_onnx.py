@@ -18,29 +18,24 @@ from numpymnv2.interop.onnx import (MAX_OPSET, MIN_OPSET, OnnxMismatchError, bui
 from numpymnv2.models import CIFAR_SETTING, MobileNetV2  # noqa: E402
 from numpymnv2.train.config import make_transform  # noqa: E402
 from numpymnv2.train.inference import predict_proba  # noqa: E402
+from strategies import randomize_bn  # noqa: E402
 
 RTOL = 1e-5
 
 
 def moved_statistics(model, seed=0, resolution=40):
-    """Random BatchNorm gammas and betas, a larger classifier, then three training-mode forwards.
+    """Random BatchNorm parameters and statistics, a larger classifier, then three training-mode forwards.
 
-    The running statistics then differ from their initial (0, 1) and every folded scale and shift differs from 1
-    and 0, so a mistake in folding shows in the logits. Goes through the state dict (torchvision's keys), not the
-    module tree. Returns the model in evaluation mode.
+    Every folded scale and shift then differs from 1 and 0 and the running statistics are what training left,
+    so a mistake in folding shows in the logits. Returns the model in evaluation mode.
     """
     rng = np.random.default_rng(seed)
     dtype = model.config["dtype"]
+    randomize_bn(model, rng)
     state = model.state_dict()
-    for key in list(state):
-        if key.endswith("running_mean"):
-            prefix = key[:-len("running_mean")]
-            shape = state[prefix + "weight"].shape
-            state[prefix + "weight"] = rng.uniform(0.5, 1.5, shape).astype(dtype)
-            state[prefix + "bias"] = rng.normal(0.0, 0.3, shape).astype(dtype)
     state["classifier.1.weight"] = state["classifier.1.weight"] * 30     # logits of order 1, not 0.01
     model.load_state_dict(state)
-    before = {k: v.copy() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    before = {k: v.copy() for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
     model.train()
     for _ in range(3):
         model(rng.normal(0.5, 1.5, (4, resolution, resolution, 3)).astype(dtype))
