@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from numpymnv2.functional.batchnorm import BatchNormCache
-from numpymnv2.kernels._launch import num_chunks, parallel_rows, per_thread_sums
+from numpymnv2.kernels._launch import parallel_rows, per_thread_sums
 from numpymnv2.kernels.activation import ACT_NONE, activation, activation_grad
 
 
@@ -151,10 +151,8 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
             raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
                              f"{x.shape}")
         shift = x[0, 0, 0].copy()
-        partial = np.zeros((num_chunks(rows, work), 2, C))
-        _shifted_sums(work, rows, (x, shift), partial)
-        _batch_statistics(partial.sum(axis=0), shift, M, float(momentum), float(eps), running_mean, running_var,
-                          mean, inv_std)
+        sums = _shifted_sums(work, rows, (x, shift), (2, C))
+        _batch_statistics(sums, shift, M, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
     else:
         mean[:] = running_mean
         inv_std[:] = 1 / np.sqrt(running_var + dt.type(eps))
@@ -176,19 +174,17 @@ def bn_act_backward(dout, x_hat, inv_std, gamma, beta, training, act):
     dout = np.ascontiguousarray(dout, dtype=dt)
     gamma = np.ascontiguousarray(gamma, dtype=dt)
     beta = np.ascontiguousarray(beta, dtype=dt)
-    partial = np.zeros((num_chunks(rows, work), 2, C))
     dx = np.empty_like(x_hat)
     dgamma, dbeta = np.empty(C, dtype=dt), np.empty(C, dtype=dt)
     k_dy, k_0, k_xhat = np.empty(C, dtype=dt), np.empty(C, dtype=dt), np.empty(C, dtype=dt)
     if not training:
         # constant statistics: dx = gamma inv_std dy, computed in the same pass as the sums
         np.multiply(gamma, inv_std, out=k_dy)
-        _eval_grad(work, rows, (dout, x_hat, gamma, beta, act, k_dy, dx), partial)
-        _parameter_gradients(partial.sum(axis=0), gamma, inv_std, N * H * W, False, dgamma, dbeta, k_dy, k_0,
-                             k_xhat)
+        sums = _eval_grad(work, rows, (dout, x_hat, gamma, beta, act, k_dy, dx), (2, C))
+        _parameter_gradients(sums, gamma, inv_std, N * H * W, False, dgamma, dbeta, k_dy, k_0, k_xhat)
         return dx, dgamma, dbeta
-    _grad_sums(work, rows, (dout, x_hat, gamma, beta, act), partial)
-    _parameter_gradients(partial.sum(axis=0), gamma, inv_std, N * H * W, True, dgamma, dbeta, k_dy, k_0, k_xhat)
+    sums = _grad_sums(work, rows, (dout, x_hat, gamma, beta, act), (2, C))
+    _parameter_gradients(sums, gamma, inv_std, N * H * W, True, dgamma, dbeta, k_dy, k_0, k_xhat)
     _input_grad(work, rows, (dout, x_hat, gamma, beta, act, k_dy, k_0, k_xhat, dx))
     return dx, dgamma, dbeta
 

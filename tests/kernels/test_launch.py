@@ -19,7 +19,8 @@ def test_launch_picks_the_copy_and_holds_the_lock_for_the_parallel_one(monkeypat
                         lambda *args: calls.append(("parallel", args, _launch.LAUNCH_LOCK.locked())))
     kernel(_launch.PARALLEL_MIN_WORK - 1, 3, "inputs")
     kernel(_launch.PARALLEL_MIN_WORK, 4, "inputs")
-    assert calls == [("serial", (3, "inputs"), False), ("parallel", (4, "inputs"), True)]
+    threads = numba.get_num_threads()
+    assert calls == [("serial", (3, 1, "inputs"), False), ("parallel", (4, min(threads, 4), "inputs"), True)]
     assert not _launch.LAUNCH_LOCK.locked()
 
 
