@@ -10,7 +10,8 @@ reordering).
 - Forward (:func:`_forward_row`): work split over output rows ``(n, i)``. The general loop
   (:func:`_forward_pixels`) sums a pixel's taps one at a time into ``out``; a 3x3 filter's interior pixels
   take one nine-tap expression per pixel (:func:`_forward_3x3_one`), four pixels at a time at stride 1
-  (:func:`_forward_3x3_four`).
+  (:func:`_forward_3x3_four`), and its border pixels but the corners a nine-tap expression with the taps
+  outside clamped and counted 0 (:func:`_forward_3x3_edge`).
 - Input gradient: at stride 1 (with ``padding <= K - 1``) it is the forward convolution of ``dout``, padded by
   ``K - 1 - padding``, with the flipped filter, so it runs the forward kernel. Otherwise a gather over input
   rows ``(n, h)`` (:func:`_input_grad_row`): each input pixel collects the products of the outputs that read
@@ -23,9 +24,9 @@ Each special case is written beside the general loop it replaces, says what it b
 it (``tests/kernels/test_depthwise.py``). The figures are CPU time of the serial copy against the general loop,
 interleaved in one process on a shared 2-core machine (noise about 10%), float32, at the depthwise layers of
 MobileNetV2 (width 1.0, batch 32 at 32x32 and batch 8 at 224x224). Removed because they did not pay by more
-than the noise: a two-pixel block after the four-pixel ones (forward and weight gradient), four outputs per
-update in the general weight-gradient loop, and a clamped nine-tap expression for border pixels (10% faster at
-16x16 and 8x8, 1.2-3x slower at 2x2 and 1x1, and it turned an infinity at the border into NaN).
+than the noise: a two-pixel block after the four-pixel ones (forward and weight gradient, 5-10% at 16x16 and
+4x4 and nothing elsewhere), four outputs per update in the general weight-gradient loop, and the clamped
+expression at the corner pixels (1.2-3x slower at 2x2 and 1x1).
 """
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ def _outputs_inside(b, s, p, size, size_out):
     hi = (size - 1 + p - b) // s + 1  # one past the last j with s j - p + b <= size - 1
     lo = max(lo, 0)
     return lo, max(lo, min(hi, size_out))
+
+
+@njit(cache=True, inline="always")
+def _clamp(k, size):
+    """Index ``k`` clamped into ``[0, size)``."""
+    return min(max(k, 0), size - 1)
+
+
+@njit(cache=True, inline="always")
+def _indicator(k, size, one):
+    """``one`` (1 in the arrays' dtype) when index ``k`` lies in ``[0, size)``, else 0."""
+    return one if 0 <= k < size else one - one
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -125,6 +138,35 @@ def _forward_3x3_one(x, w, n, h0, v0, i, j, out):
                            + w[2, 2, c] * x[n, h0 + 2, v0 + 2, c])
 
 
+# 3x3 border pixel with one row or one column of taps outside, nine taps in one expression: with it the
+# stride-1 forward took 0.76-0.93x the time it took without it (general loop at every border pixel) at
+# 32x16x16x32, 32x8x8x144, 32x4x4x192, 8x14x14x384, 8x28x28x192, 8x56x56x144 and 8x112x112x32. Corner pixels (two taps
+# outside in each direction) stay with the general loop: there the nine taps would be 2.25x the work (a clamped
+# expression at every border pixel made 2x2 and 1x1 images 1.2-3x slower).
+@njit(cache=True, inline="always")
+def _forward_3x3_edge(x, w, n, h0, v0, i, j, out):
+    """One pixel of a 3x3 filter whose taps outside the image form one row or one column:
+    ``out[n, i, j, c] = sum_{a, b < 3} m_a e_b w[a, b, c] x[n, r_a, q_b, c]``, with ``m_a`` (``e_b``) 1 when
+    row ``h0 + a`` (column ``v0 + b``) is inside and 0 when not, and ``r_a``, ``q_b`` the row and column clamped
+    into the image. A tap outside thus reads a value of one of the pixel's own taps inside and counts 0, in one
+    store per output; the difference from the reference is that an infinity in the window gives NaN
+    (``0 * inf``) rather than an infinity.
+    """
+    H, W = x.shape[1], x.shape[2]
+    one = out.dtype.type(1)
+    r0, r1, r2 = _clamp(h0, H), _clamp(h0 + 1, H), _clamp(h0 + 2, H)
+    q0, q1, q2 = _clamp(v0, W), _clamp(v0 + 1, W), _clamp(v0 + 2, W)
+    m0, m1, m2 = _indicator(h0, H, one), _indicator(h0 + 1, H, one), _indicator(h0 + 2, H, one)
+    e0, e1, e2 = _indicator(v0, W, one), _indicator(v0 + 1, W, one), _indicator(v0 + 2, W, one)
+    for c in range(x.shape[3]):
+        out[n, i, j, c] = (m0 * (e0 * w[0, 0, c] * x[n, r0, q0, c] + e1 * w[0, 1, c] * x[n, r0, q1, c]
+                                 + e2 * w[0, 2, c] * x[n, r0, q2, c])
+                           + m1 * (e0 * w[1, 0, c] * x[n, r1, q0, c] + e1 * w[1, 1, c] * x[n, r1, q1, c]
+                                   + e2 * w[1, 2, c] * x[n, r1, q2, c])
+                           + m2 * (e0 * w[2, 0, c] * x[n, r2, q0, c] + e1 * w[2, 1, c] * x[n, r2, q1, c]
+                                   + e2 * w[2, 2, c] * x[n, r2, q2, c]))
+
+
 @njit(cache=True, inline="always")
 def _forward_row(inputs, r):
     """Output row ``r = (n, i)`` of ``out[n, i, j, c] = sum_{a, b} w[a, b, c] x[n, s i - p + a, s j - p + b, c]``
@@ -134,22 +176,29 @@ def _forward_row(inputs, r):
     H_out, W_out = out.shape[1], out.shape[2]
     n, i = r // H_out, r % H_out
     h0 = s * i - p
-    if w.shape[0] != 3 or h0 < 0 or h0 + 3 > H:
+    if w.shape[0] != 3:
         _forward_pixels(x, w, s, p, n, i, 0, W_out, out)
         return
-    # 3x3 with the three input rows inside: the interior columns [j_lo, j_hi) (all three taps inside) by the
-    # special cases, the border columns by the general loop
+    a_lo, a_hi = _taps_inside(h0, 3, H)
+    # the columns [j_lo, j_hi) have their three taps inside
     j_lo, j_hi = _outputs_inside(0, s, p, W, W_out)[0], _outputs_inside(2, s, p, W, W_out)[1]
-    _forward_pixels(x, w, s, p, n, i, 0, j_lo, out)
-    j = j_lo
-    if s == 1:
-        while j + 4 <= j_hi:
-            _forward_3x3_four(x, w, n, h0, j - p, i, j, out)
-            j += 4
-    while j < j_hi:
-        _forward_3x3_one(x, w, n, h0, s * j - p, i, j, out)
+    j = 0
+    while j < W_out:
+        if a_hi - a_lo == 3 and j == j_lo and j_lo < j_hi:
+            if s == 1:
+                while j + 4 <= j_hi:
+                    _forward_3x3_four(x, w, n, h0, j - p, i, j, out)
+                    j += 4
+            while j < j_hi:
+                _forward_3x3_one(x, w, n, h0, s * j - p, i, j, out)
+                j += 1
+            continue
+        b_lo, b_hi = _taps_inside(s * j - p, 3, W)
+        if (a_hi - a_lo) * (b_hi - b_lo) == 6:
+            _forward_3x3_edge(x, w, n, h0, s * j - p, i, j, out)
+        else:
+            _forward_pixels(x, w, s, p, n, i, j, j + 1, out)
         j += 1
-    _forward_pixels(x, w, s, p, n, i, j, W_out, out)
 
 
 _forward = parallel_rows(_forward_row, fastmath={"contract"})

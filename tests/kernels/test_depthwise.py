@@ -110,6 +110,15 @@ def test_special_cases_equal_the_general_loop():
         D._forward_3x3_one(x, w, 0, 1, j, 1, j, special)
     np.testing.assert_allclose(special, general, rtol=1e-13, atol=1e-13)
 
+    # border pixels of a stride-2 3x3 with padding 1 on 5x9 (out 3x5): the top row, the left column and the
+    # right column have one row or one column of taps outside; (2, 4) is a corner, where the kernel uses the
+    # general loop but the expression is exact too
+    general, special = np.zeros((1, 3, 5, 6)), np.zeros((1, 3, 5, 6))
+    for i, j in ((0, 1), (0, 2), (0, 4), (1, 0), (2, 0), (2, 4)):
+        D._forward_pixels(x, w, 2, 1, 0, i, j, j + 1, general)
+        D._forward_3x3_edge(x, w, 0, 2 * i - 1, 2 * j - 1, i, j, special)
+    np.testing.assert_allclose(special, general, rtol=1e-13, atol=1e-13)
+
     dout = rng.standard_normal((1, 3, 7, 6))
     general, special = np.zeros((3, 3, 6)), np.zeros((3, 3, 6))
     for b in range(3):
