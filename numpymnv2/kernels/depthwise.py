@@ -168,6 +168,17 @@ def _forward_3x3_edge(x, w, n, h0, v0, i, j, out):
 
 
 @njit(cache=True, inline="always")
+def _forward_3x3_border(x, w, s, p, n, i, j, rows_inside, out):
+    """Border pixel ``(i, j)`` of a 3x3 filter with ``rows_inside`` of its three rows of taps inside: the clamped
+    expression when one row or one column of taps is outside, else the general loop."""
+    b_lo, b_hi = _taps_inside(s * j - p, 3, x.shape[2])
+    if rows_inside * (b_hi - b_lo) == 6:
+        _forward_3x3_edge(x, w, n, s * i - p, s * j - p, i, j, out)
+    else:
+        _forward_pixels(x, w, s, p, n, i, j, j + 1, out)
+
+
+@njit(cache=True, inline="always")
 def _forward_row(inputs, r):
     """Output row ``r = (n, i)`` of ``out[n, i, j, c] = sum_{a, b} w[a, b, c] x[n, s i - p + a, s j - p + b, c]``
     (stride ``s``, padding ``p``)."""
@@ -182,23 +193,22 @@ def _forward_row(inputs, r):
     a_lo, a_hi = _taps_inside(h0, 3, H)
     # the columns [j_lo, j_hi) have their three taps inside
     j_lo, j_hi = _outputs_inside(0, s, p, W, W_out)[0], _outputs_inside(2, s, p, W, W_out)[1]
-    j = 0
-    while j < W_out:
-        if a_hi - a_lo == 3 and j == j_lo and j_lo < j_hi:
-            if s == 1:
-                while j + 4 <= j_hi:
-                    _forward_3x3_four(x, w, n, h0, j - p, i, j, out)
-                    j += 4
-            while j < j_hi:
-                _forward_3x3_one(x, w, n, h0, s * j - p, i, j, out)
-                j += 1
-            continue
-        b_lo, b_hi = _taps_inside(s * j - p, 3, W)
-        if (a_hi - a_lo) * (b_hi - b_lo) == 6:
-            _forward_3x3_edge(x, w, n, h0, s * j - p, i, j, out)
-        else:
-            _forward_pixels(x, w, s, p, n, i, j, j + 1, out)
+    if a_hi - a_lo < 3 or j_lo >= j_hi:
+        for j in range(W_out):
+            _forward_3x3_border(x, w, s, p, n, i, j, a_hi - a_lo, out)
+        return
+    for j in range(j_lo):
+        _forward_3x3_border(x, w, s, p, n, i, j, 3, out)
+    j = j_lo
+    if s == 1:
+        while j + 4 <= j_hi:
+            _forward_3x3_four(x, w, n, h0, j - p, i, j, out)
+            j += 4
+    while j < j_hi:
+        _forward_3x3_one(x, w, n, h0, s * j - p, i, j, out)
         j += 1
+    for j in range(j_hi, W_out):
+        _forward_3x3_border(x, w, s, p, n, i, j, 3, out)
 
 
 _forward = parallel_rows(_forward_row, fastmath={"contract"})

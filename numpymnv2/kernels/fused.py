@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from numpymnv2._checks import check_activation
 from numpymnv2.functional.batchnorm import BatchNormCache
 from numpymnv2.functional.fused import BNActCache
 from numpymnv2.kernels.activation import ACTIVATION_CODES
@@ -35,8 +36,7 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     out : ndarray, shape (N, H, W, C)
     cache : BNActCache
     """
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"batchnorm_act: activation must be one of ['relu', 'relu6'] or None, got {activation!r}")
+    check_activation(activation, "batchnorm_act")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batchnorm_act: residual has shape {residual.shape}, expected {x.shape}")
     y, x_hat, inv_std = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,

@@ -62,3 +62,9 @@ def test_relu6_takes_non_contiguous_input():
     y, cache = A.relu6_forward(x)
     np.testing.assert_array_equal(y, np.clip(x, 0, 6))
     np.testing.assert_array_equal(A.relu6_backward(np.ones((5, 4)), cache), (x > 0) & (x < 6))
+
+
+def test_every_activation_name_has_a_code():
+    from numpymnv2._checks import ACTIVATION_NAMES
+    assert set(A.ACTIVATION_CODES) == {None, *ACTIVATION_NAMES}
+    assert len(set(A.ACTIVATION_CODES.values())) == len(A.ACTIVATION_CODES)
