@@ -43,9 +43,17 @@ class SingleProcess:
     def rows(self, n: int) -> slice:
         return slice(0, n)
 
+    eval_rows = rows
+
     def sum(self, values):
         """``values`` (a sequence of numbers) summed over the processes: unchanged here."""
         return [float(v) for v in values]
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def gather_rows(self, values: np.ndarray) -> np.ndarray:
+        return values
 
     def reduce_gradients(self) -> None:
         return None
@@ -91,9 +99,25 @@ class DataParallel:
             d.batch_rows = (rows.start, n)
         return rows
 
+    def eval_rows(self, n: int) -> slice:
+        """This process's rows of an evaluation batch of ``n`` (possibly none: evaluation has no statistics to
+        share)."""
+        return shard_rows(n, self.rank, self.size)
+
     def sum(self, values) -> list[float]:
         """The sums of ``values`` (numbers) over the processes, in float64: one Allreduce."""
         return [float(v) for v in self.comm.allreduce(np.asarray(values, dtype=np.float64))]
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any of them (a Ctrl-C that reached some processes
+        sooner than others stops them all after the same step)."""
+        return self.sum([bool(flag)])[0] > 0
+
+    def gather_rows(self, values: np.ndarray) -> np.ndarray:
+        """Non-negative integers of which each process filled its own rows (-1 elsewhere), completed with every
+        other process's rows."""
+        mine = values >= 0
+        return self.comm.allreduce(np.where(mine, values + 1, 0).astype(np.int64)) - 1
 
     def reduce_gradients(self) -> None:
         """Replace every ``Parameter.grad`` by its sum over the processes (one Allreduce per dtype)."""
