@@ -3,7 +3,10 @@
 ``--processes N`` runs ``mpiexec -n N python -m numpymnv2 train [the other options]`` and waits for it. The
 job's processes get a new session, so a Ctrl-C at the terminal reaches only this launcher, which passes each one
 on to ``mpiexec`` once (``mpiexec`` hands the first to every process, which save and stop after the same step;
-a second one ends the job at once).
+a second one ends the job at once). The job's output passes through the launcher line by line: when MPICH's
+``mpiexec`` reports that a process died (``PID 4242 RUNNING AT node ... EXIT CODE: 9``) and ended the others,
+the launcher says which rank that was (rank 0 tells it every rank's process id through the file
+``$NUMPYMNV2_RANKS_FILE``).
 
 Threads: N processes on a machine of C cores each default to ``C // N`` Numba threads and ``C // N`` BLAS
 threads (at least 1), so ``mpiexec -n 2`` on 2 cores does not run 4 busy threads on 2 cores. The user keeps
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from numpymnv2.distributed.comm import DistributedError
@@ -84,12 +89,44 @@ def launch(processes: int, argv: list[str]) -> int:
     if not any(env.get(v) for v in _BLAS_VARIABLES):
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = n
     command = [mpiexec, "-n", str(processes), sys.executable, "-m", "numpymnv2", *argv]
-    job = subprocess.Popen(command, env=env, start_new_session=True)
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: job.send_signal(signal.SIGINT))
+    with tempfile.TemporaryDirectory(prefix="numpymnv2-job-") as folder:
+        env["NUMPYMNV2_RANKS_FILE"] = ranks_file = os.path.join(folder, "ranks")
+        job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, text=True,
+                               bufsize=1, errors="replace")
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: job.send_signal(signal.SIGINT))
+        died = None
+        try:
+            for line in job.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                found = re.search(r"PID (\d+) RUNNING AT (\S+)", line)
+                died = int(found.group(1)) if found else died
+            status = job.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if died is not None:
+            print(f"numpymnv2 train: {_rank_of(died, ranks_file)} ended abnormally, so mpiexec ended the whole job "
+                  f"(exit status {status}); the checkpoints on disk are the last complete ones", file=sys.stderr)
+        return status
+
+
+def write_ranks_file(comm) -> None:
+    """Rank 0 of a job started by :func:`launch`: write every rank's process id and machine, for its messages."""
+    path = os.environ.get("NUMPYMNV2_RANKS_FILE")
+    if path and comm.rank == 0:
+        Path(path).write_text("".join(f"{r} {pid} {host}\n" for r, (pid, host) in enumerate(zip(comm.pids,
+                                                                                              comm.hosts))))
+
+
+def _rank_of(pid: int, ranks_file: str) -> str:
     try:
-        return job.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        for line in Path(ranks_file).read_text().splitlines():
+            rank, rank_pid, host = line.split(maxsplit=2)
+            if int(rank_pid) == pid:
+                return f"rank {rank} (pid {pid} on {host})"
+    except (OSError, ValueError):
+        pass
+    return f"the process with pid {pid}"
 
 
 def command_line(parser_setup, args, skip=("processes",)) -> list[str]:

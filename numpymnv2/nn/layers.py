@@ -252,7 +252,7 @@ class BatchNorm2d(_Layer):
         allreduce = self.sync.allreduce if self.sync is not None and self.training else None
         out, cache = impl.forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                   self.training, self.momentum, self.eps, self.activation, residual,
-                                  **({} if allreduce is None else {"allreduce": allreduce}))
+                                  allreduce=allreduce)
         object.__setattr__(self, "_allreduce", allreduce)
         if self.training:
             if not math.isfinite(float(self.running_mean.sum()) + float(self.running_var.sum())):
@@ -266,8 +266,7 @@ class BatchNorm2d(_Layer):
     def backward(self, dout):
         cache, impl = self._recall(dout)
         # the residual's gradient is dout: the caller's
-        dx, dgamma, dbeta, _ = impl.backward(dout, cache, **({} if self._allreduce is None else
-                                                               {"allreduce": self._allreduce}))
+        dx, dgamma, dbeta, _ = impl.backward(dout, cache, allreduce=self._allreduce)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx

@@ -234,8 +234,9 @@ def _run(args, comm=None) -> int:
     from numpymnv2.train.trainer import NonFiniteLossError
     writer = comm is None or comm.rank == 0     # one process writes files and messages
     if comm is not None:
-        from numpymnv2.distributed.launch import apply_thread_defaults
+        from numpymnv2.distributed.launch import apply_thread_defaults, write_ranks_file
         apply_thread_defaults(comm.local_size)
+        write_ranks_file(comm)
     cfg, out, ckpt = _resolve(args)
     # progress bars only on a terminal: redirected to a file they would write every frame
     trainer = build_trainer(cfg, out if writer else None, ckpt, progress=writer and args.progress and
