@@ -23,7 +23,7 @@ _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "P
 DEFAULT_TIMEOUT_S = 60.0
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ValueError):
     """A data-parallel job cannot run as asked (MPI missing, a batch that cannot be split, ...)."""
 
     exit_status = 2

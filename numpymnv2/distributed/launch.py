@@ -15,7 +15,6 @@ the last word: ``NUMBA_NUM_THREADS`` and ``NUMPYMNV2_BLAS_THREADS`` (or ``OPENBL
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -76,9 +75,11 @@ def find_mpiexec() -> str | None:
 def launch(processes: int, argv: list[str]) -> int:
     """Run ``numpymnv2 <argv>`` on ``processes`` processes of this machine through ``mpiexec``; return its exit
     status."""
-    if importlib.util.find_spec("mpi4py") is None:
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI itself starts in the job's processes)
+    except ImportError:
         raise DistributedError("--processes needs mpi4py and an MPI library: pip install 'numpymnv2[mpi]' (or "
-                               "pip install mpi4py mpich)")
+                               "pip install mpi4py mpich)") from None
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise DistributedError("--processes needs MPI's mpiexec, which is not on the PATH: pip install mpich (or "
