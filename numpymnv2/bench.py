@@ -18,8 +18,9 @@ Suites
             same network and weights, and numpymnv2's own ``model.fuse()`` (needs onnx and onnxruntime; without
             torch only numpymnv2's two sides run).
 
-The benchmark reports the BLAS kernel that ran (threadpoolctl). Run it as a user would, e.g. on this project's
-machines with the environment's OpenBLAS overrides removed::
+The benchmark reports the BLAS kernel that ran through threadpoolctl, which it needs (the ``bench`` extra
+installs it). Run it as a user would, e.g. on this project's machines with the environment's OpenBLAS
+overrides removed::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE numpymnv2 bench --suite all
 
@@ -29,6 +30,7 @@ direct use.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -120,21 +122,10 @@ def _np_model(row, dtype="float32"):
 
 
 def _np_optimizer(model):
-    """numpymnv2.optim.SGD when it exists, else the same update written here (PyTorch's SGD with momentum)."""
-    params = [p for _, p in model.named_parameters()]
-    try:
-        from numpymnv2.optim import SGD
-        opt = SGD(params, lr=0.01, momentum=0.9)
-        return opt.step, "numpymnv2.optim.SGD"
-    except ImportError:
-        bufs = [np.zeros_like(p.data) for p in params]
-
-        def step():
-            for p, b in zip(params, bufs):
-                b *= 0.9
-                b += p.grad
-                p.data -= 0.01 * b
-        return step, "inline SGD-momentum"
+    """numpymnv2.optim.SGD with PyTorch's momentum, as the PyTorch side uses torch.optim.SGD."""
+    from numpymnv2.optim import SGD
+    opt = SGD([p for _, p in model.named_parameters()], lr=0.01, momentum=0.9)
+    return opt.step, "numpymnv2.optim.SGD"
 
 
 def _np_step_fn(row):
@@ -297,11 +288,16 @@ def _rounds(sides, task, spec, rounds, log) -> dict:
 
 
 def _torch_available() -> bool:
-    try:
-        import importlib.util
-        return importlib.util.find_spec("torch") is not None
-    except Exception:
-        return False
+    return importlib.util.find_spec("torch") is not None
+
+
+def _missing_dependency() -> str | None:
+    """Why the benchmark cannot run here, or None: it reports and limits the BLAS threads through threadpoolctl,
+    which the ``bench`` and ``dev`` extras install."""
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return ("needs threadpoolctl to report and limit NumPy's BLAS threads: pip install threadpoolctl "
+                "(or install numpymnv2 with its bench extra)")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -568,6 +564,10 @@ def run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    missing = _missing_dependency()
+    if missing:
+        print(f"numpymnv2 bench: error: {missing}", file=sys.stderr)
+        return 2
     sides = ("numpymnv2",) if args.no_torch or not _torch_available() else SIDES
     report = {"command": " ".join(sys.argv), "machine": platform.platform(), "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg(), "env_openblas": {k: v for k, v in os.environ.items()

@@ -65,6 +65,8 @@ def run(args) -> int:
         shape = f"uint8 RGB (batch, height, width, 3), resized to {R}x{R} and normalised in the graph"
     else:
         shape = "float32 (batch, height, width, 3) NHWC, preprocessed as for model(x)"
+    if model.config["dtype"] != "float32":
+        print(f"note: the model is {model.config['dtype']}; the graph computes in float32 (its weights rounded)")
     print(f"wrote {result.path}: {result.size_bytes / 1e6:.1f} MB, opset {result.opset}; input "
           f"'{result.input_name}' {shape}; output '{result.output_name}' (batch, {model.num_classes})")
     if result.check is None:

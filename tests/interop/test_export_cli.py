@@ -82,6 +82,9 @@ def test_export_weights_files_with_and_without_an_architecture_record(tmp_path, 
     save_weights(model, tmp_path / "w.npz")
     assert main(["export", str(tmp_path / "w.npz"), str(tmp_path / "w.onnx")]) == 0
     assert "linear_bottleneck=False" in capsys.readouterr().out
+    save_weights(MobileNetV2(num_classes=3, width_mult=0.1, seed=2, dtype="float64"), tmp_path / "w64.npz")
+    assert main(["export", str(tmp_path / "w64.npz"), str(tmp_path / "w64.onnx")]) == 0
+    assert "note: the model is float64; the graph computes in float32" in capsys.readouterr().out
     bare = tmp_path / "bare.npz"                 # a state dict only, as np.savez writes it
     np.savez(bare, **MobileNetV2(num_classes=6, width_mult=0.5, seed=3).state_dict())
     assert main(["export", str(bare), str(tmp_path / "bare.onnx"), "--width", "0.5", "--arch", "imagenet"]) == 0

@@ -23,7 +23,7 @@ from strategies import randomize_bn  # noqa: E402
 RTOL = 1e-5
 
 
-def moved_statistics(model, seed=0, resolution=40):
+def moved_statistics(model, seed=0, resolution=32):
     """Random BatchNorm parameters and statistics, a larger classifier, then three training-mode forwards.
 
     Every folded scale and shift then differs from 1 and 0 and the running statistics are what training left,
@@ -61,7 +61,7 @@ CONFIGS = [
     ("relu6 bottleneck", dict(width_mult=0.5, linear_bottleneck=False)),
     ("no shortcut", dict(width_mult=0.5, use_shortcut=False)),
 ]
-SHAPES = [(1, 32, 32, 3), (2, 40, 56, 3), (5, 64, 48, 3)]
+SHAPES = [(1, 32, 32, 3), (2, 40, 56, 3), (3, 64, 48, 3)]
 
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[c[0] for c in CONFIGS])
@@ -127,7 +127,7 @@ def test_graph_is_what_onnxruntime_runs_fastest():
 
 
 def test_every_supported_opset_passes_the_checker_and_runs():
-    model = moved_statistics(MobileNetV2(num_classes=4, width_mult=0.1, seed=0, stem_stride=1), resolution=32)
+    model = moved_statistics(MobileNetV2(num_classes=4, width_mult=0.1, seed=0, stem_stride=1))
     preprocess = {"image_size": [12, 12], "channels": 1, "resolution": 32, "mean": [0.4] * 3, "std": [0.3] * 3}
     inputs = [np.random.default_rng(0).standard_normal((2, 32, 40, 3)).astype(np.float32)]
     images = [np.random.default_rng(1).integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)]
@@ -165,7 +165,7 @@ def test_preprocessing_graph_equals_the_training_evaluation_transform(preprocess
     assert sess.get_inputs()[0].name == "image" and sess.get_inputs()[0].type == "tensor(uint8)"
     rng = np.random.default_rng(6)
     H, W = preprocess["image_size"]
-    for shape in [(1, H, W, 3), (3, H, W, 3), (2, H + 7, W + 3, 3), (2, 64, 80, 3)]:
+    for shape in [(1, H, W, 3), (2, H + 7, W + 3, 3), (2, 64, 80, 3)]:
         images = rng.integers(0, 256, shape, dtype=np.uint8)
         got = sess.run(None, {"image": images})[0]
         # written out here rather than through reference_outputs: luma, make_transform, model, softmax
