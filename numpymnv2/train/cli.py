@@ -16,7 +16,6 @@ from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, b
                                     make_loaders, model_spec, run_record)
 
 _FROM_OUT = "<out>/last.npz"
-RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png")
 EXIT_INTERRUPTED = 130
 
 
@@ -88,13 +87,23 @@ def _explicit_options(args) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _out_dir(args) -> Path:
+    """The run folder: --out, else beside the checkpoint given to --resume, else runs/<dataset>."""
+    if args.out:
+        return Path(args.out)
+    if args.resume not in (None, _FROM_OUT):
+        path = Path(args.resume)
+        return path.parent if path.suffix else path
+    return default_out_dir(TrainConfig(dataset=_explicit_options(args).get("dataset", "digits")))
+
+
 def _resolve(args):
     """``(cfg, out_dir, checkpoint or None)`` from the command line (and the checkpoint when resuming)."""
     from numpymnv2.train.checkpoint import load_checkpoint
     explicit = _explicit_options(args)
+    out = _out_dir(args)
     if args.resume is None:
         cfg = TrainConfig(**explicit)
-        out = Path(args.out) if args.out else default_out_dir(cfg)
         last = out / "last.npz"
         if last.exists() and not args.overwrite:
             raise ValueError(f"{out} already holds a run ({last}); continue it with --resume (and --epochs for a "
@@ -102,14 +111,12 @@ def _resolve(args):
         return cfg, out, None
 
     if args.resume == _FROM_OUT:
-        out = Path(args.out) if args.out else default_out_dir(TrainConfig(dataset=explicit.get("dataset", "digits")))
         path = out / "last.npz"
         if not path.exists():
             raise FileNotFoundError(f"--resume: there is no checkpoint {path} to continue; start a run without "
                                     f"--resume, or pass --resume PATH")
     else:
         path = Path(args.resume)
-        out = Path(args.out) if args.out else (path.parent if path.suffix else path)
     ckpt = load_checkpoint(path)
     saved = ckpt.config.get("train")
     if not isinstance(saved, dict):
@@ -133,6 +140,7 @@ def _flag(name: str, value) -> str:
 
 def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None):
     """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer."""
+    from numpymnv2.models.footprint import check_batch_fits
     from numpymnv2.train.trainer import Trainer
     train, val, val_source = load_run_data(cfg)
     if ckpt is not None:
@@ -146,6 +154,8 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
         spec = model_spec(cfg, train.num_classes)
     train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
+    R = int(preprocess["resolution"])
+    check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
     config = run_record(cfg, spec, preprocess, train.classes, len(train), len(val), val_source)
@@ -186,8 +196,14 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from numpymnv2.train.runfolder import lock_run_folder
+    with lock_run_folder(_out_dir(args)):     # before the folder is looked at: two runs must not both start
+        return _run_locked(args)
+
+
+def _run_locked(args) -> int:
     from numpymnv2.backend import use_backend
-    from numpymnv2.train.trainer import NonFiniteLossError
+    from numpymnv2.train.trainer import RUN_FILES, NonFiniteLossError
     cfg, out, ckpt = _resolve(args)
     trainer = build_trainer(cfg, out, ckpt, progress=args.progress)
     if args.overwrite and ckpt is None:
@@ -221,6 +237,7 @@ def _run(args) -> int:
 
 
 def _summary(result, wall: float, out: Path) -> str:
+    from numpymnv2.train.trainer import RUN_FILES
     last = result.history[-1]
     lines = [f"done: {result.epochs_done} epochs in {_duration(wall)} (this session)"]
     if last.get("val_acc") is not None:
