@@ -8,14 +8,14 @@ memory the machine has, *before* allocating, and then read no more than was clai
 
 * :func:`load_npz` reads ``.npz`` archives (checkpoints, weights) member by member: headers first, every claim
   checked against a byte budget, then exactly the claimed bytes, CRC-checked. No pickle, ever.
-* :func:`read_gzip` decompresses a stream in pieces and stops at a limit.
+* :func:`zip_claimed_bytes` and :func:`regular_file_size` give the sizes to judge other files by, before a
+  library (``torch.load``, ``np.fromfile``) reads them.
 * :func:`byte_budget` is the default budget: half the available memory, at most :data:`MAX_FILE_BYTES`.
 * :func:`check_state_values` rejects state arrays no trained model can hold (NaN, infinity, a negative
   BatchNorm variance).
 """
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import stat
@@ -152,24 +152,13 @@ def npz_names(path) -> list[str]:
         return [name[:-4] if name.endswith(".npy") else name for name in zf.namelist()]
 
 
-def read_gzip(path, where: str, max_bytes: int) -> bytes:
-    """The decompressed content of a gzip file, refusing (without holding it) anything beyond ``max_bytes``."""
-    out = bytearray()
+def zip_claimed_bytes(path) -> int:
+    """The total uncompressed size the members of a zip archive claim (its central directory only)."""
     try:
-        with gzip.open(path, "rb") as f:
-            while True:
-                piece = f.read(min(1 << 20, max_bytes + 1 - len(out)))
-                if not piece:
-                    break
-                out += piece
-                if len(out) > max_bytes:
-                    raise UntrustedFileError(f"{where}: decompresses to more than {_size(max_bytes)}, more than "
-                                             f"its header allows (a decompression bomb, or a damaged file)")
-    except (EOFError, OSError, zlib.error) as exc:
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
-            raise
-        raise UntrustedFileError(f"{where}: not a complete gzip file ({_reason(exc)})") from None
-    return bytes(out)
+        with zipfile.ZipFile(path) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise UntrustedFileError(f"{path}: not a readable zip archive ({_reason(exc)})") from None
 
 
 def regular_file_size(path, where: str) -> int:
@@ -216,5 +205,5 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["UntrustedFileError", "load_npz", "read_gzip", "byte_budget", "check_state_values",
-           "nonfinite_names", "npz_names", "regular_file_size", "MAX_FILE_BYTES"]
+__all__ = ["UntrustedFileError", "load_npz", "byte_budget", "check_state_values",
+           "nonfinite_names", "npz_names", "regular_file_size", "zip_claimed_bytes", "MAX_FILE_BYTES"]

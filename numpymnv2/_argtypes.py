@@ -1,0 +1,66 @@
+"""Argument types for the command line: each converts a string or rejects it with argparse's usage error (exit 2).
+
+``argparse`` calls ``type(text)``; an ``argparse.ArgumentTypeError`` becomes ``error: argument --x: <message>``.
+Floats must be finite: ``float("nan")`` and ``float("inf")`` parse, but no option of ours means them.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A probability-like number in [0, 1)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def resolution(text: str) -> int:
+    """An input size MobileNetV2 accepts (at least 32 pixels)."""
+    from numpymnv2.models.mobilenetv2 import MIN_RESOLUTION
+    value = _number(text, int)
+    if value < MIN_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected at least {MIN_RESOLUTION} (MobileNetV2's smallest input), "
+                                         f"got {text!r}")
+    return value
