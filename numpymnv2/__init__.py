@@ -6,8 +6,9 @@
 >>> loss, dlogits = mn.softmax_cross_entropy(logits, labels)
 >>> dx = model.backward(dlogits)                             # fills Parameter.grad, returns dL/dx
 
-The readable NumPy operations are in :mod:`numpymnv2.functional`, the Numba ones in :mod:`numpymnv2.kernels`;
-``mn.set_backend("reference")`` runs the whole network on the readable ones.
+The readable NumPy operations are in :mod:`numpymnv2.functional`, the Numba ones in :mod:`numpymnv2.kernels`,
+and :mod:`numpymnv2.ops` is the table of which one each backend runs; ``mn.set_backend("reference")`` runs the
+whole network on the readable ones.
 """
 import importlib
 
@@ -23,6 +24,9 @@ _LAZY = {
     "MobileNetV2": ("numpymnv2.models", "MobileNetV2"),
     "InvertedResidual": ("numpymnv2.models", "InvertedResidual"),
     "summary": ("numpymnv2.models", "summary"),
+    "save_weights": ("numpymnv2.models", "save_weights"),
+    "load_weights": ("numpymnv2.models", "load_weights"),
+    "ops": ("numpymnv2.ops", None),
     "interop": ("numpymnv2.interop", None),
     "nn": ("numpymnv2.nn", None),
     "functional": ("numpymnv2.functional", None),
@@ -34,8 +38,8 @@ _LAZY = {
 }
 
 __all__ = ["GradcheckError", "GradcheckResult", "InvertedResidual", "MobileNetV2", "Module", "Parameter",
-           "Sequential", "get_backend", "gradcheck", "set_backend", "softmax_cross_entropy", "summary",
-           "use_backend"]
+           "Sequential", "get_backend", "gradcheck", "load_weights", "save_weights", "set_backend",
+           "softmax_cross_entropy", "summary", "use_backend"]
 
 
 def __getattr__(name):
@@ -44,3 +48,7 @@ def __getattr__(name):
         module = importlib.import_module(module_name)
         return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module 'numpymnv2' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,6 +9,15 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+#: The activations a BatchNorm layer can apply after normalising (None: linear).
+ACTIVATION_NAMES = ("relu6", "relu")
+
+
+class NonFiniteError(ValueError):
+    """A computation produced NaN or infinity where the model's state must stay finite (BatchNorm's running
+    statistics in training mode); the state was left as it was before the call. Training loops treat it as
+    divergence."""
+
 
 def resolve_dtype(dtype) -> np.dtype:
     """Return ``dtype`` as a NumPy float dtype (float32 or float64), or raise ``TypeError``."""
@@ -87,6 +96,30 @@ def check_hyperparameter(value, name: str, where: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{where}: expected {name} >= {minimum}, got {value}")
     return int(value)
+
+
+def check_probability(value, name: str, where: str) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]`` (a dropout rate), else raise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: expected a number for {name}, got {value!r} ({type(value).__name__})")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: expected {name} in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_activation(activation, where: str):
+    """Return ``activation`` if it is one of :data:`ACTIVATION_NAMES` or None, else raise ``ValueError``."""
+    if activation is not None and activation not in ACTIVATION_NAMES:
+        raise ValueError(f"{where}: activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))} or None, "
+                         f"got {activation!r}")
+    return activation
+
+
+def check_batch_statistics(shape: tuple, where: str) -> None:
+    """Training-mode BatchNorm needs at least two values per channel (``N*H*W >= 2``) for a batch variance."""
+    if shape[0] * shape[1] * shape[2] < 2:
+        raise ValueError(f"{where}: training mode needs more than one value per channel (N*H*W >= 2) to "
+                         f"compute batch statistics, got input shape {tuple(shape)}; use eval() or a larger batch")
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, where: str, axis: str = "H") -> int:

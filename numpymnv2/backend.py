@@ -1,9 +1,8 @@
-"""Which implementation of the operations the network runs on.
+"""Which backend the network runs on: ``"reference"`` (readable NumPy) or ``"fast"`` (Numba kernels).
 
-``"reference"`` runs the readable NumPy code in :mod:`numpymnv2.functional`; ``"fast"`` runs the Numba kernels
-in :mod:`numpymnv2.kernels` wherever one exists (same inputs, same outputs, same caches). Layers look the
-implementation up at call time through :func:`ops`, so switching takes effect on the next forward pass.
-A backward pass must run on the backend its forward ran on; layers remember it in their cache.
+This module only holds the choice; :mod:`numpymnv2.ops` is the table that says, for every operation, which
+function each backend runs. Layers ask the table at call time (``DEPTHWISE_CONV2D.active()``), so switching
+takes effect on the next forward pass, and keep the pair they used so their backward runs on the same backend.
 
 >>> import numpymnv2 as mn
 >>> mn.set_backend("reference")
@@ -13,7 +12,6 @@ A backward pass must run on the backend its forward ran on; layers remember it i
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 
 BACKENDS = ("reference", "fast")
@@ -21,8 +19,11 @@ _state = threading.local()
 _default = ["fast"]
 
 
-def _module_name(name: str) -> str:
-    return "numpymnv2.functional" if name == "reference" else "numpymnv2.kernels"
+def check_backend(name, where: str) -> str:
+    """Return ``name`` if it is one of :data:`BACKENDS`, else raise ``ValueError`` naming ``where``."""
+    if name not in BACKENDS:
+        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    return name
 
 
 def get_backend() -> str:
@@ -32,25 +33,17 @@ def get_backend() -> str:
 
 def set_backend(name: str) -> None:
     """Make ``name`` (``"reference"`` or ``"fast"``) the backend for every thread that has not chosen one."""
-    if name not in BACKENDS:
-        raise ValueError(f"set_backend: expected one of {BACKENDS}, got {name!r}")
-    _default[0] = name
+    _default[0] = check_backend(name, "set_backend")
     _state.name = None
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run the body of a ``with`` block on backend ``name``, then restore the previous one."""
-    if name not in BACKENDS:
-        raise ValueError(f"use_backend: expected one of {BACKENDS}, got {name!r}")
+    """Run the body of a ``with`` block on backend ``name`` (in this thread), then restore the previous one."""
+    check_backend(name, "use_backend")
     previous = getattr(_state, "name", None)
     _state.name = name
     try:
         yield
     finally:
         _state.name = previous
-
-
-def ops(name: str | None = None):
-    """Return the module holding the active backend's operations (``*_forward`` / ``*_backward`` pairs)."""
-    return importlib.import_module(_module_name(name or get_backend()))

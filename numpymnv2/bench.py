@@ -153,8 +153,10 @@ def _np_step_fn(row):
 
 
 def _np_op_fns(spec):
-    from numpymnv2.kernels import (batchnorm_act_backward, batchnorm_act_forward, depthwise_conv2d_backward,
-                                   depthwise_conv2d_forward, pointwise_conv2d_backward, pointwise_conv2d_forward)
+    from numpymnv2.ops import BATCHNORM_ACT, DEPTHWISE_CONV2D, POINTWISE_CONV2D
+    depthwise_conv2d_forward, depthwise_conv2d_backward = DEPTHWISE_CONV2D.fast
+    batchnorm_act_forward, batchnorm_act_backward = BATCHNORM_ACT.fast
+    pointwise_conv2d_forward, pointwise_conv2d_backward = POINTWISE_CONV2D.fast
     rng = np.random.default_rng(0)
     fns = {}
     for N, H, W, C, s in spec["depthwise"]:

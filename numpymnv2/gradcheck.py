@@ -331,13 +331,18 @@ def _shape(text: str) -> tuple:
     return dims
 
 
-def _targets():
+def _targets(backend: str):
     """name -> function(args, rng) returning (target, inputs, kwargs) for gradcheck.
 
-    Operations come from the active backend (``ops()``): run under ``use_backend(name)`` to check either.
+    Operations are the ``backend`` rows of :mod:`numpymnv2.ops` (cross-entropy runs on NumPy on both); blocks
+    and the network run on whichever backend is active, so call this under ``use_backend(backend)``.
     """
-    from numpymnv2.backend import ops
-    F = ops()
+    from numpymnv2 import functional as F
+    from numpymnv2 import ops as O
+
+    def pair(op):
+        impl = op.on(backend)
+        return impl.forward, impl.backward
 
     def nhwc(args, rng):
         if len(args.shape) != 4:
@@ -347,18 +352,17 @@ def _targets():
     def conv2d(args, rng):
         x = nhwc(args, rng)
         w = rng.standard_normal((args.out_channels, args.kernel, args.kernel, x.shape[-1])) * 0.3
-        return (F.conv2d_forward, F.conv2d_backward), (x, w), dict(stride=args.stride, padding=args.padding)
+        return pair(O.CONV2D), (x, w), dict(stride=args.stride, padding=args.padding)
 
     def depthwise(args, rng):
         x = nhwc(args, rng)
         w = rng.standard_normal((args.kernel, args.kernel, x.shape[-1])) * 0.3
-        return ((F.depthwise_conv2d_forward, F.depthwise_conv2d_backward), (x, w),
-                dict(stride=args.stride, padding=args.padding))
+        return pair(O.DEPTHWISE_CONV2D), (x, w), dict(stride=args.stride, padding=args.padding)
 
     def pointwise(args, rng):
         x = nhwc(args, rng)
         T = rng.standard_normal((args.out_channels, x.shape[-1])) * 0.3
-        return (F.pointwise_conv2d_forward, F.pointwise_conv2d_backward), (x, T), {}
+        return pair(O.POINTWISE_CONV2D), (x, T), {}
 
     def batchnorm(args, rng):
         x = nhwc(args, rng)
@@ -368,10 +372,11 @@ def _targets():
 
         def forward(x, gamma, beta, activation=None):
             # fresh copies: the running statistics must not drift between the finite-difference calls
-            return F.batchnorm_act_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), not args.eval,
-                                           activation=activation)
+            return bn_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), not args.eval,
+                              activation=activation)
 
-        return (forward, F.batchnorm_act_backward), (x, gamma, beta), dict(activation=args.activation)
+        bn_forward, bn_backward = pair(O.BATCHNORM_ACT)
+        return (forward, bn_backward), (x, gamma, beta), dict(activation=args.activation)
 
     def activation(fwd, bwd):
         def make(args, rng):
@@ -380,7 +385,7 @@ def _targets():
         return make
 
     def pool(args, rng):
-        return (F.global_avg_pool_forward, F.global_avg_pool_backward), (nhwc(args, rng),), {}
+        return pair(O.GLOBAL_AVG_POOL), (nhwc(args, rng),), {}
 
     def linear(args, rng):
         if len(args.shape) != 2:
@@ -388,12 +393,14 @@ def _targets():
         x = rng.uniform(-1, 1, args.shape)
         w = rng.standard_normal((args.out_channels, x.shape[1])) * 0.3
         b = rng.standard_normal(args.out_channels)
-        return (F.linear_forward, F.linear_backward), (x, w, b), {}
+        return pair(O.LINEAR), (x, w, b), {}
 
     def dropout(args, rng):
+        dropout_forward, dropout_backward = pair(O.DROPOUT)
+
         def forward(x, p):
-            return F.dropout_forward(x, p, True, np.random.default_rng(args.seed))
-        return (forward, F.dropout_backward), (nhwc(args, rng),), dict(p=args.p)
+            return dropout_forward(x, p, True, np.random.default_rng(args.seed))
+        return (forward, dropout_backward), (nhwc(args, rng),), dict(p=args.p)
 
     def cross_entropy(args, rng):
         if len(args.shape) != 2:
@@ -425,7 +432,7 @@ def _targets():
 
     return {
         "conv2d": conv2d, "depthwise": depthwise, "pointwise": pointwise, "batchnorm": batchnorm,
-        "relu6": activation(F.relu6_forward, F.relu6_backward), "relu": activation(F.relu_forward, F.relu_backward),
+        "relu6": activation(*pair(O.RELU6)), "relu": activation(*pair(O.RELU)),
         "global-avg-pool": pool, "linear": linear, "dropout": dropout, "cross-entropy": cross_entropy,
         "inverted-residual": block, "mobilenetv2": network,
     }
@@ -501,7 +508,7 @@ def _run_check(args) -> GradcheckResult:
     if network:
         from numpymnv2.models.footprint import check_model_fits
         check_model_fits(dict(num_classes=args.out_channels, width_mult=args.width, dtype="float64"))
-    target, inputs, kwargs = _targets()[args.target](args, rng)
+    target, inputs, kwargs = _targets(args.backend)[args.target](args, rng)
     eps = args.eps if args.eps is not None else (1e-9 if network else 1e-6)
     max_coords = args.max_coords if args.max_coords is not None else (3 if network else 20)
     n_params = args.params if args.params is not None else (8 if network else None)

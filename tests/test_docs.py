@@ -8,8 +8,9 @@ backticks and followed by more words: ``[`batchnorm_backward`, the dx line](...)
 * the name is defined in that file (found with :mod:`ast`, so a name in a comment or string does not count), and
 * either the range is **exactly** the definition (from its ``def``/``class`` line or first decorator to its last
   line), or it lies **inside** the definition (the lines of one equation in a function's body) and the link's
-  title quotes the code on the range's first line: ``[`batchnorm_backward`, dx](...#L107-L108 "dx = (gamma")``.
-  A function that grows or moves, or an equation that moves within its function, breaks the link; then
+  title quotes the code on the range's first line and, for a range of several lines, after `` ... ``, the code
+  on its last line: ``[`batchnorm_backward`, dx](...#L107-L108 "M = dy.shape[0] ... dx = (gamma")``.
+  A function that grows or moves, or an equation that moves or grows within its function, breaks the link; then
   ``python tests/test_docs.py --fix`` moves each range to where its name and title now are.
 
 Links to other files in the repository (figures, other pages) must point at files that exist.
@@ -28,6 +29,13 @@ DOCS = REPO / "docs"
 LINK = re.compile(r'!?\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^)\s]+)(?:\s+"([^"]*)")?\)')
 LINES = re.compile(r"^L(\d+)(?:-L(\d+))?$")
 NAME = re.compile(r"^`?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+ELLIPSIS = " ... "          # separates the quotes of a range's first and last line in a link title
+
+
+def title_quotes(title: str) -> tuple[str, str | None]:
+    """The code quoted for a range's first line and, when the title has two quotes, for its last line."""
+    first, sep, last = title.partition(ELLIPSIS)
+    return first, (last if sep else None)
 
 
 def doc_files():
@@ -114,9 +122,15 @@ def check_code_link(doc: Path, text: str, target: str, title: str | None = None)
         if first <= start and end <= last:  # lines inside the definition: they must still hold the quoted code
             if not title:
                 return (f"lines {start}-{end} are inside {name} ({where}) but not all of it; quote the code they "
-                        f'point at in the link title: (path#L{start}-L{end} "code")')
-            if title not in lines[0]:
-                return f"line {start} of {file_part} no longer holds {title!r} ({name} is at {where})"
+                        f'point at in the link title: (path#L{start}-L{end} "first line{ELLIPSIS}last line")')
+            head, tail = title_quotes(title)
+            if head not in lines[0]:
+                return f"line {start} of {file_part} no longer holds {head!r} ({name} is at {where})"
+            if end > start and tail is None:
+                return (f"lines {start}-{end}: the title quotes only the first line; add{ELLIPSIS!r} and the code on "
+                        f"line {end}, so the end of the range is checked too")
+            if tail is not None and tail not in lines[-1]:
+                return f"line {end} of {file_part} no longer holds {tail!r}, the end of the range ({name} is at {where})"
             return None
     return f"lines {start}-{end} are not {name} or within it ({name} is at {where} in {file_part})"
 
@@ -194,6 +208,10 @@ def fake_repo(tmp_path):
     ("forward, the add", "../pkg/ops.py#L4", "y = x + 1", True),  # one line inside it, still holding the code
     ("forward, the add", "../pkg/ops.py#L5", "y = x + 1", False),  # the code is not on that line
     ("forward, the add", "../pkg/ops.py#L4-L5", "return y", False),  # nor on the range's first line
+    ("forward, the body", "../pkg/ops.py#L4-L5", "y = x + 1 ... return y", True),  # both ends quoted
+    ("forward, the body", "../pkg/ops.py#L4-L5", "y = x + 1", False),  # a range must quote its last line too
+    ("forward, the body", "../pkg/ops.py#L4-L5", "y = x + 1 ... return x", False),  # which must still be there
+    ("forward, the add", "../pkg/ops.py#L4", "y = x + 1 ... y = x", True),  # one line: both quotes on it
     ("forward, the add", "../pkg/ops.py#L4", None, False),       # a part of a function must quote its code
     ("forward", "../pkg/ops.py#L3-L4", None, False),            # the head but not the whole
     ("forward", "../pkg/ops.py#L3-L9", None, False),            # runs past its end
@@ -224,8 +242,9 @@ def relink(doc: Path) -> int:
     """Rewrite the line ranges of ``doc``'s code links from their names and titles; return how many changed.
 
     A link to a whole definition gets the definition's current lines. A link with a title starts at the first
-    line inside the named definition that holds the title and keeps its length. Links whose name or title is
-    gone are left alone for a human (the test still names them).
+    line inside the named definition that holds the title's first quote and ends at the next line holding its
+    last quote (or keeps its length when the title has one quote). Links whose name or title is gone are left
+    alone for a human (the test still names them).
     """
     text = doc.read_text()
     changed = 0
@@ -246,11 +265,18 @@ def relink(doc: Path) -> int:
             new_start, new_end = first, last
         else:
             source = py_file.read_text().splitlines()
-            hits = [i for i in range(first, last + 1) if title in source[i - 1]]
+            head, tail = title_quotes(title)
+            hits = [i for i in range(first, last + 1) if head in source[i - 1]]
             if not hits:
                 return m.group(0)
             new_start = hits[0]
-            new_end = min(last, new_start + end - start)
+            if tail is None:
+                new_end = min(last, new_start + end - start)
+            else:
+                ends = [i for i in range(new_start, last + 1) if tail in source[i - 1]]
+                if not ends:
+                    return m.group(0)
+                new_end = ends[0]
         if (new_start, new_end) == (start, end):
             return m.group(0)
         changed += 1

@@ -84,6 +84,7 @@ class AblationSettings:
     lr: float = 0.01
     weight_decay: float = 4e-5
     limit: int | None = None
+    val_fraction: float = 0.0
     backend: str = "fast"
     threshold: float = 0.1
 
@@ -106,7 +107,7 @@ class AblationSettings:
         return TrainConfig(dataset=self.dataset, data_dir=self.data_dir, width=self.width, arch=self.arch,
                            resolution=self.resolution, epochs=self.epochs, batch_size=self.batch_size,
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay, limit=self.limit,
-                           seed=seed)
+                           val_fraction=self.val_fraction, seed=seed)
 
 
 def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=None, log=None) -> dict:
@@ -133,23 +134,24 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
     from numpymnv2.backend import use_backend
     from numpymnv2.experiments.sparsity import depthwise_sparsity
     from numpymnv2.train.config import (build_model, build_optimizer, build_schedule, load_run_data,
-                                        make_loaders, make_preprocess, model_spec, run_record)
+                                        make_loaders, make_preprocess, model_spec, run_record, split_record)
     from numpymnv2.train.trainer import NonFiniteLossError, Trainer
 
     switches, _ = VARIANTS[variant]
     cfg = settings.train_config(seed)
-    train, val, val_source = load_run_data(cfg)
+    run = load_run_data(cfg)
+    train, val = run.train, run.val
     preprocess = make_preprocess(cfg, train)
     spec = {**model_spec(cfg, train.num_classes), **switches}     # the checkpoint rebuilds the ablated network
     train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
-    config = run_record(cfg, spec, preprocess, train.classes, len(train), len(val), val_source)
+    config = run_record(cfg, spec, preprocess, run)
     config["ablation"] = {"variant": variant, **switches}
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=cfg.epochs, schedule=schedule,
-                      out_dir=out_dir, config=config, label_smoothing=cfg.label_smoothing, progress=False,
-                      log=log or (lambda message: None))
+                      out_dir=out_dir, config=config, label_smoothing=cfg.label_smoothing,
+                      split=split_record(run), progress=False, log=log or (lambda message: None))
     t0 = time.perf_counter()
     with use_backend(settings.backend):
         try:
@@ -394,6 +396,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="at most N training and N validation images, for a quick trial")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="F",
+                        help="as numpymnv2 train, but the default is 0: the runs validate on the test split, as the "
+                             "published ablation tables did (nothing is tuned on it; the 'best' column reads the "
+                             f"best epoch off it) (default: {d.val_fraction})")
     parser.add_argument("--threshold", type=float, default=d.threshold,
                         help=f"relative norm below which a depthwise kernel counts as near zero (default: "
                              f"{d.threshold})")
@@ -413,7 +419,8 @@ def run(args: argparse.Namespace) -> int:
                                 data_dir=args.data_dir, width=args.width, arch=args.arch,
                                 resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size,
                                 optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                                limit=args.limit, backend=args.backend, threshold=args.threshold).validate()
+                                limit=args.limit, val_fraction=args.val_fraction, backend=args.backend,
+                                threshold=args.threshold).validate()
     n = len(settings.variants) * len(settings.seeds)
     print(f"ablate: {n} runs ({', '.join(settings.variants)} x seeds {settings.seeds}), {settings.epochs} epochs "
           f"each, {args.jobs} at a time; writing to {args.out}", flush=True)

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from numpymnv2._checks import check_batch_statistics
+
 
 class BatchNormCache(NamedTuple):
     x_hat: np.ndarray         # (N, H, W, C) the normalised input
@@ -56,10 +58,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     momentum, eps = float(momentum), float(eps)
     axes = (0, 1, 2)
     if training:
+        check_batch_statistics(x.shape, "batchnorm")
         M = x.shape[0] * x.shape[1] * x.shape[2]
-        if M < 2:
-            raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
-                             f"{x.shape}")
         # sums of M float32 values lose digits; accumulate the statistics in float64, keep them in x's dtype
         mu = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
         xc = x - mu

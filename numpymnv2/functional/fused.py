@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from numpymnv2._checks import check_activation
 from numpymnv2.functional.activation import ACTIVATIONS, ActivationCache
 from numpymnv2.functional.batchnorm import BatchNormCache, batchnorm_backward, batchnorm_forward
 
@@ -51,9 +52,7 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
         dL/dy        = dout * act'(y),   y = gamma x_hat + beta
         dL/dx, dL/dgamma, dL/dbeta = batchnorm_backward(dL/dy)
     """
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"batchnorm_act: activation must be one of {sorted(ACTIVATIONS)} or None, "
-                         f"got {activation!r}")
+    check_activation(activation, "batchnorm_act")
     y, bn_cache = batchnorm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps)
     if activation is not None:
         y, _ = ACTIVATIONS[activation][0](y)

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from numpymnv2.backend import ops
-from numpymnv2.nn.layers import BatchNorm2d, Conv2d, ConvBNAct, DepthwiseConv2d, PointwiseConv2d
+from numpymnv2.nn.layers import BatchNorm2d, Conv2d, DepthwiseConv2d, PointwiseConv2d
+from numpymnv2.ops import CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D
 
 
 class FoldedConv(NamedTuple):
@@ -34,7 +34,7 @@ class FoldedConv(NamedTuple):
     bias: np.ndarray          # (C_out,) beta - scale * running_mean
     stride: int
     padding: int
-    activation: str | None    # "relu6" or None
+    activation: str | None    # "relu6", "relu" or None
     block_start: bool         # remember this step's input as the shortcut of a residual block
     add_residual: bool        # add the remembered shortcut after the activation
 
@@ -56,6 +56,21 @@ def _fold(name: str, conv, bn: BatchNorm2d, activation, block_start=False, add_r
                       block_start, add_residual)
 
 
+def _conv_bn_pairs(module, name: str) -> list[tuple[str, object, BatchNorm2d]]:
+    """The (name, convolution, BatchNorm) pairs of ``module``'s leaves in the order they run; every convolution
+    must be followed by a BatchNorm (as everywhere in MobileNetV2)."""
+    leaves = [(f"{name}.{n}" if n else name, m) for n, m in module.named_modules() if not m._modules]
+    pairs = []
+    for (conv_name, conv), (bn_name, bn) in zip(leaves[::2], leaves[1::2]):
+        if not isinstance(bn, BatchNorm2d):
+            raise TypeError(f"fold_batchnorm: {conv_name} ({type(conv).__name__}) is followed by {bn_name} "
+                            f"({type(bn).__name__}), not a BatchNorm2d to fold into it")
+        pairs.append((conv_name, conv, bn))
+    if len(leaves) % 2:
+        raise TypeError(f"fold_batchnorm: {leaves[-1][0]} ({type(leaves[-1][1]).__name__}) has no BatchNorm2d after it")
+    return pairs
+
+
 def fold_batchnorm(model) -> "FoldedMobileNetV2":
     """Return an inference-only copy of a :class:`~numpymnv2.models.MobileNetV2` with its BatchNorms folded.
 
@@ -67,19 +82,11 @@ def fold_batchnorm(model) -> "FoldedMobileNetV2":
         raise TypeError(f"fold_batchnorm: expected a MobileNetV2, got {type(model).__name__}")
     steps = []
     for i, unit in enumerate(model.features):
-        name = f"features.{i}"
-        if isinstance(unit, ConvBNAct):
-            steps.append(_fold(name, unit.conv, unit.bn, unit.activation))
-        elif isinstance(unit, InvertedResidual):
-            *branch, project, bn = unit.conv
-            res = unit.use_res_connect
-            for j, layer in enumerate(branch):
-                steps.append(_fold(f"{name}.conv.{j}", layer.conv, layer.bn, layer.activation,
-                                   block_start=res and j == 0))
-            steps.append(_fold(f"{name}.conv.{len(branch)}", project, bn, unit.project_activation,
-                               add_residual=res))
-        else:
-            raise TypeError(f"fold_batchnorm: unexpected layer {name} ({type(unit).__name__})")
+        res = isinstance(unit, InvertedResidual) and unit.use_res_connect
+        pairs = _conv_bn_pairs(unit, f"features.{i}")
+        for j, (name, conv, bn) in enumerate(pairs):
+            steps.append(_fold(name, conv, bn, bn.activation, block_start=res and j == 0,
+                               add_residual=res and j == len(pairs) - 1))
     linear = model.classifier[1]
     return FoldedMobileNetV2(steps, linear.weight.data.copy(), linear.bias.data.copy(), model)
 
@@ -107,20 +114,21 @@ class FoldedMobileNetV2:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check(x)
-        backend = ops()
         shortcut = None
         for step in self.steps:
             if step.block_start:
                 shortcut = x
             if step.kind == "conv2d":
-                y, _ = backend.conv2d_forward(x, step.weight, step.stride, step.padding)
+                y, _ = CONV2D.active().forward(x, step.weight, step.stride, step.padding)
             elif step.kind == "depthwise":
-                y, _ = backend.depthwise_conv2d_forward(x, step.weight, step.stride, step.padding)
+                y, _ = DEPTHWISE_CONV2D.active().forward(x, step.weight, step.stride, step.padding)
             else:
-                y, _ = backend.pointwise_conv2d_forward(x, step.weight)
+                y, _ = POINTWISE_CONV2D.active().forward(x, step.weight)
             y += step.bias
             if step.activation == "relu6":
                 np.clip(y, 0, 6, out=y)
+            elif step.activation == "relu":
+                np.maximum(y, 0, out=y)
             if step.add_residual:
                 y += shortcut
             x = y

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpymnv2._checks import check_array, resolve_dtype
-from numpymnv2.backend import ops
-from numpymnv2.nn.layers import (BatchNorm2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout, GlobalAvgPool2d, Linear,
-                                 PointwiseConv2d)
-from numpymnv2.nn.module import Module, Sequential
+from numpymnv2._checks import check_array, check_hyperparameter, check_probability, resolve_dtype
+from numpymnv2.nn.layers import (BatchNorm2d, BatchNormAct2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout,
+                                 GlobalAvgPool2d, Linear, PointwiseConv2d)
+from numpymnv2.nn.module import Module, Sequential, backward_call
 
 # t (expansion factor), c (output channels), n (repeats), s (stride of the first repeat): paper Table 2
 DEFAULT_SETTING = (
@@ -71,12 +70,6 @@ def _generator(seed, rng) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _positive_int(value, what: str, where: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 class InvertedResidual(Module):
     """The MobileNetV2 bottleneck block (paper Section 3.3, Figure 3b and Table 1).
 
@@ -89,7 +82,8 @@ class InvertedResidual(Module):
         t == 1:  conv.0 = dw, conv.1 = pw-linear, conv.2 = BN       # no expansion layer
 
     with ``hidden = round(inp * t)``. The shortcut ``out = x + F(x)`` joins the two bottlenecks when the
-    block keeps the shape (stride 1 and ``inp == oup``; ``use_res_connect``).
+    block keeps the shape (stride 1 and ``inp == oup``; ``use_res_connect``); the last BatchNorm adds it in its
+    own pass over memory (``conv[-1](z, residual=x)``).
 
     Parameters
     ----------
@@ -100,8 +94,8 @@ class InvertedResidual(Module):
     expand_ratio : int
         The expansion factor ``t``.
     linear_bottleneck : bool, keyword-only
-        True (the paper): no activation after the projection. False puts a ReLU6 there, the "non-linear
-        bottleneck" ablation of paper Figure 6a.
+        True (the paper): no activation after the projection. False makes ``conv[-1]`` a
+        :class:`~numpymnv2.nn.BatchNormAct2d` with ReLU6, the "non-linear bottleneck" ablation of paper Figure 6a.
     use_shortcut : bool, keyword-only
         True (the paper): residual connection where shapes allow. False removes every shortcut, the ablation of
         paper Figure 6b.
@@ -118,20 +112,18 @@ class InvertedResidual(Module):
         z   = h T_project^T
         out = BN(z) + x                          (+ x only when use_res_connect)
 
-    The projection's BatchNorm and the residual add run as one fused operation
-    (:func:`numpymnv2.functional.fused.batchnorm_act_forward` with ``residual=x``). Backward: the add copies
-    ``dout`` to both of its inputs, so the gradient reaching ``x`` is the sum of what came back through the
-    branch and ``dout`` itself, ``dL/dx = dL/dx|_branch + dL/dout``; the shortcut hands gradient to earlier
-    layers undiminished, which is why the paper connects the bottlenecks (Section 3.3).
+    Backward: the add copies ``dout`` to both of its inputs, so the gradient reaching ``x`` is the sum of what
+    came back through the branch and ``dout`` itself, ``dL/dx = dL/dx|_branch + dL/dout``; the shortcut hands
+    gradient to earlier layers undiminished, which is why the paper connects the bottlenecks (Section 3.3).
     """
 
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, *, linear_bottleneck: bool = True,
                  use_shortcut: bool = True, seed=None, rng=None, dtype="float32"):
         super().__init__()
         where = "InvertedResidual"
-        inp, oup = _positive_int(inp, "inp", where), _positive_int(oup, "oup", where)
-        stride = _positive_int(stride, "stride", where)
-        expand_ratio = _positive_int(expand_ratio, "expand_ratio", where)
+        inp, oup = check_hyperparameter(inp, "inp", where), check_hyperparameter(oup, "oup", where)
+        stride = check_hyperparameter(stride, "stride", where)
+        expand_ratio = check_hyperparameter(expand_ratio, "expand_ratio", where)
         dt = resolve_dtype(dtype)
         rng = _generator(seed, rng)
         self.inp, self.oup, self.stride, self.expand_ratio = inp, oup, stride, expand_ratio
@@ -143,23 +135,13 @@ class InvertedResidual(Module):
         layers = []
         if expand_ratio != 1:
             # pw
-            layers.append(ConvBNAct(PointwiseConv2d(inp, hidden_dim, rng=rng, dtype=dt), hidden_dim, "relu6",
-                                    dtype=dt))
+            layers.append(ConvBNAct(PointwiseConv2d(inp, hidden_dim, rng=rng, dtype=dt), hidden_dim, "relu6"))
         # dw
-        layers.append(ConvBNAct(DepthwiseConv2d(hidden_dim, 3, stride, 1, rng=rng, dtype=dt), hidden_dim,
-                                "relu6", dtype=dt))
-        # pw-linear
+        layers.append(ConvBNAct(DepthwiseConv2d(hidden_dim, 3, stride, 1, rng=rng, dtype=dt), hidden_dim, "relu6"))
+        # pw-linear: no activation after the projection (the linear bottleneck), unless the ablation asks for one
         layers.append(PointwiseConv2d(hidden_dim, oup, rng=rng, dtype=dt))
-        layers.append(BatchNorm2d(oup, dtype=dt))
+        layers.append(BatchNorm2d(oup, dtype=dt) if self.linear_bottleneck else BatchNormAct2d(oup, "relu6", dtype=dt))
         self.conv = Sequential(*layers)
-        object.__setattr__(self, "_cache", None)
-        object.__setattr__(self, "_ops", None)
-        object.__setattr__(self, "_out_shape", None)
-
-    @property
-    def project_activation(self) -> str | None:
-        """None for the paper's linear bottleneck, ``"relu6"`` for the non-linear ablation."""
-        return None if self.linear_bottleneck else "relu6"
 
     def extra_repr(self) -> str:
         text = (f"{self.inp}, {self.oup}, stride={self.stride}, expand_ratio={self.expand_ratio}, "
@@ -174,41 +156,26 @@ class InvertedResidual(Module):
         return check_array(x, self.label, ndim=4, channels=self.inp, dtype=self.param_dtype(), finite=finite)
 
     def forward(self, x):
-        *branch, project, bn = self.conv       # branch: [expand,] depthwise (each ConvBNAct)
-        h = x
+        *branch, norm = self.conv          # branch: [pw,] dw, pw-linear; norm: the projection's BatchNorm
+        z = x
         for layer in branch:
-            h = layer(h)
-        z = project(h)
-        backend = ops()
-        # out = act(BN(z)) + x, in one pass; act is None (linear bottleneck) unless the ablation asks for ReLU6
-        out, cache = backend.batchnorm_act_forward(z, bn.weight.data, bn.bias.data, bn.running_mean,
-                                                   bn.running_var, self.training, bn.momentum, bn.eps,
-                                                   activation=self.project_activation,
-                                                   residual=x if self.use_res_connect else None)
-        if self.training:
-            bn.num_batches_tracked += 1
-        object.__setattr__(self, "_cache", cache)
-        object.__setattr__(self, "_ops", backend)
-        object.__setattr__(self, "_out_shape", out.shape)
-        return out
+            z = layer(z)
+        if self.use_res_connect:
+            return norm(z, residual=x)     # BN(z) + x, the add done in the BatchNorm's pass
+        return norm(z)
 
     def backward(self, dout):
-        cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape)
-        *branch, project, bn = self.conv
-        # forward was: out = act(BN(z)) + x; the add passes dout unchanged to the shortcut (dshortcut = dout)
-        dz, dgamma, dbeta, dshortcut = self._ops.batchnorm_act_backward(dout, cache)
-        bn.weight.grad += dgamma
-        bn.bias.grad += dbeta
-        # forward was: z = project(h)
-        dh = project.backward(dz)
-        # forward was: h = depthwise(expand(x))
-        for layer in reversed(branch):
-            dh = layer.backward(dh)
+        *branch, norm = self.conv
+        with backward_call(self, dout):
+            # forward was: out = BN(z) [+ x]
+            dz = norm.backward(dout)
+            # forward was: z = pw-linear(dw(pw(x)))
+            for layer in reversed(branch):
+                dz = layer.backward(dz)
         if self.use_res_connect:
             # x fed both the branch and the add: dL/dx = dL/dx|_branch + dL/dout
-            return dh + dshortcut
-        return dh
+            return dz + dout
+        return dz
 
 
 class MobileNetV2(Module):
@@ -269,13 +236,14 @@ class MobileNetV2(Module):
                  dtype="float32", linear_bottleneck: bool = True, use_shortcut: bool = True):
         super().__init__()
         where = "MobileNetV2"
-        num_classes = _positive_int(num_classes, "num_classes", where)
-        round_nearest = _positive_int(round_nearest, "round_nearest", where)
-        stem_stride = _positive_int(stem_stride, "stem_stride", where)
-        if not isinstance(width_mult, (int, float, np.floating, np.integer)) or not width_mult > 0:
-            raise ValueError(f"{where}: width_mult must be a positive number, got {width_mult!r}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"{where}: dropout must be in [0, 1], got {dropout!r}")
+        num_classes = check_hyperparameter(num_classes, "num_classes", where)
+        round_nearest = check_hyperparameter(round_nearest, "round_nearest", where)
+        stem_stride = check_hyperparameter(stem_stride, "stem_stride", where)
+        if isinstance(width_mult, (bool, np.bool_)) or not isinstance(width_mult, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{where}: expected a number for width_mult, got {width_mult!r}")
+        if not width_mult > 0 or not np.isfinite(width_mult):
+            raise ValueError(f"{where}: expected a positive width_mult, got {width_mult!r}")
+        dropout = check_probability(dropout, "dropout", where)
         setting = validate_setting(DEFAULT_SETTING if inverted_residual_setting is None
                                    else inverted_residual_setting)
         dt = resolve_dtype(dtype)
@@ -289,8 +257,7 @@ class MobileNetV2(Module):
 
         input_channel = make_divisible(32 * width_mult, round_nearest)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
-        layers = [ConvBNAct(Conv2d(3, input_channel, 3, stem_stride, 1, rng=rng, dtype=dt), input_channel,
-                            "relu6", dtype=dt)]
+        layers = [ConvBNAct(Conv2d(3, input_channel, 3, stem_stride, 1, rng=rng, dtype=dt), input_channel, "relu6")]
         for t, c, n, s in setting:
             output_channel = make_divisible(c * width_mult, round_nearest)
             for i in range(n):
@@ -299,7 +266,7 @@ class MobileNetV2(Module):
                                                rng=rng, dtype=dt))
                 input_channel = output_channel
         layers.append(ConvBNAct(PointwiseConv2d(input_channel, self.last_channel, rng=rng, dtype=dt),
-                                self.last_channel, "relu6", dtype=dt))
+                                self.last_channel, "relu6"))
         self.features = Sequential(*layers)
         self.pool = GlobalAvgPool2d()
         # dropout gets its own stream, so changing the dropout rate never changes the initial weights
@@ -319,7 +286,10 @@ class MobileNetV2(Module):
         return cls(num_classes=num_classes, width_mult=width_mult, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, width_mult={self.width_mult}"
+        text = f"num_classes={self.num_classes}, width_mult={self.width_mult}, stem_stride={self.config['stem_stride']}"
+        if self.config["inverted_residual_setting"] != [list(row) for row in DEFAULT_SETTING]:
+            text += ", inverted_residual_setting=custom"
+        return text
 
     def check_input(self, x, finite: bool = True):
         x = check_array(x, self.label, ndim=4, channels=3, dtype=self.param_dtype(), finite=finite)
@@ -335,9 +305,16 @@ class MobileNetV2(Module):
         return self.classifier(x)
 
     def backward(self, dlogits):
-        dout = self.classifier.backward(dlogits)
-        dout = self.pool.backward(dout)
-        return self.features.backward(dout)
+        with backward_call(self, dlogits):
+            dout = self.classifier.backward(dlogits)
+            dout = self.pool.backward(dout)
+            return self.features.backward(dout)
+
+    def to(self, dtype) -> "MobileNetV2":
+        """Convert parameters and buffers to ``dtype`` in place (see :meth:`Module.to`); the config follows."""
+        super().to(dtype)
+        self.config["dtype"] = resolve_dtype(dtype).name
+        return self
 
     def fuse(self):
         """An inference copy with every BatchNorm folded into its convolution; see :func:`fold_batchnorm`."""
@@ -360,6 +337,6 @@ def validate_setting(setting) -> tuple:
         if len(row) != 4:
             raise ValueError(f"{where}: inverted_residual_setting row {i} must have 4 entries (t, c, n, s), got "
                              f"{row!r}")
-        out.append(tuple(_positive_int(v, f"inverted_residual_setting row {i} entry {name!r}", where)
+        out.append(tuple(check_hyperparameter(v, f"entry {name!r} of inverted_residual_setting row {i}", where)
                          for v, name in zip(row, "tcns")))
     return tuple(out)

@@ -1,18 +1,23 @@
 """Layers: each holds its parameters, its mode and its last cache; the math is in :mod:`numpymnv2.functional`.
 
-Every layer looks up the active backend (:func:`numpymnv2.backend.ops`) when it runs forward and keeps that
-backend for its backward, so ``use_backend("reference")`` switches the whole network to the readable code.
+A layer names its operation's row of :mod:`numpymnv2.ops` (``DEPTHWISE_CONV2D``, ``BATCHNORM_ACT``, ...), takes
+the active backend's implementation when it runs forward and keeps that implementation with its cache for its
+backward, so ``use_backend("reference")`` switches the whole network to the readable code.
 Initialisation follows torchvision's MobileNetV2: convolutions Kaiming-normal with ``mode="fan_out"``
 (standard deviation ``sqrt(2 / fan_out)``), BatchNorm weight 1 and bias 0, the classifier ``N(0, 0.01)`` with a
 zero bias, all drawn from the ``numpy.random.Generator`` the caller passes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from numpymnv2._checks import check_array, check_hyperparameter, conv_output_size, resolve_dtype
-from numpymnv2.backend import ops
-from numpymnv2.nn.module import Module, Parameter
+from numpymnv2._checks import (NonFiniteError, check_activation, check_array, check_batch_statistics,
+                               check_hyperparameter, check_probability, conv_output_size, resolve_dtype)
+from numpymnv2.nn.module import Module, Parameter, Sequential
+from numpymnv2.ops import (BATCHNORM_ACT, CONV2D, DEPTHWISE_CONV2D, DROPOUT, GLOBAL_AVG_POOL, LINEAR,
+                           POINTWISE_CONV2D, RELU, RELU6, Impl)
 
 
 def _rng(rng) -> np.random.Generator:
@@ -25,27 +30,23 @@ def _check_spatial(x, kernel_size: int, stride: int, padding: int, where: str) -
     conv_output_size(x.shape[2], kernel_size, stride, padding, where, "W")
 
 
-def _check_batch_statistics(x, where: str) -> None:
-    """Training-mode BatchNorm needs at least two values per channel for a batch variance (as PyTorch)."""
-    if x.shape[0] * x.shape[1] * x.shape[2] < 2:
-        raise ValueError(f"{where}: training mode needs more than one value per channel (N*H*W >= 2) to "
-                         f"compute batch statistics, got input shape {x.shape}; use eval() or a larger batch")
-
-
 def kaiming_normal_fan_out(shape: tuple, fan_out: int, rng: np.random.Generator, dtype) -> np.ndarray:
     """``N(0, 2 / fan_out)``: He et al. 2015 for ReLU networks, scaled by the number of outputs a weight feeds."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
 
 
 class _Layer(Module):
-    """A leaf layer: stores the cache and backend of its last forward pass."""
+    """A leaf layer: keeps the cache and the implementation (:class:`numpymnv2.ops.Impl`) of its last forward."""
 
     ndim = 4
 
     def __init__(self):
         super().__init__()
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
         object.__setattr__(self, "_cache", None)
-        object.__setattr__(self, "_ops", None)
+        object.__setattr__(self, "_impl", None)
         object.__setattr__(self, "_out_shape", None)
         object.__setattr__(self, "_out_dtype", None)
 
@@ -56,17 +57,19 @@ class _Layer(Module):
         return check_array(x, self.label, ndim=self.ndim, channels=self.in_channels_expected(),
                            dtype=self.param_dtype(), finite=finite)
 
-    def _remember(self, out, cache, backend):
+    def _remember(self, out, cache, impl: Impl):
+        """Keep what backward needs; return ``out``."""
         object.__setattr__(self, "_cache", cache)
-        object.__setattr__(self, "_ops", backend)
+        object.__setattr__(self, "_impl", impl)
         object.__setattr__(self, "_out_shape", out.shape)
         object.__setattr__(self, "_out_dtype", out.dtype)
         return out
 
-    def _recall(self, dout):
+    def _recall(self, dout) -> tuple[object, Impl]:
+        """Check ``dout`` against the last forward output; return that forward's cache and implementation."""
         cache = self._need_cache(self._cache)
         self._check_dout(dout, self._out_shape, self._out_dtype)
-        return cache, self._ops
+        return cache, self._impl
 
 
 class Conv2d(_Layer):
@@ -102,13 +105,13 @@ class Conv2d(_Layer):
                 f"padding={self.padding}")
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.conv2d_forward(x, self.weight.data, self.stride, self.padding)
-        return self._remember(out, cache, backend)
+        impl = CONV2D.active()
+        out, cache = impl.forward(x, self.weight.data, self.stride, self.padding)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        dx, dw = backend.conv2d_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        dx, dw = impl.backward(dout, cache)
         self.weight.grad += dw
         return dx
 
@@ -132,6 +135,10 @@ class DepthwiseConv2d(_Layer):
         self.weight = Parameter(kaiming_normal_fan_out((kernel_size, kernel_size, channels),
                                                        channels * kernel_size * kernel_size, _rng(rng), dt))
 
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
     def in_channels_expected(self):
         return self.channels
 
@@ -144,13 +151,13 @@ class DepthwiseConv2d(_Layer):
         return f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.depthwise_conv2d_forward(x, self.weight.data, self.stride, self.padding)
-        return self._remember(out, cache, backend)
+        impl = DEPTHWISE_CONV2D.active()
+        out, cache = impl.forward(x, self.weight.data, self.stride, self.padding)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        dx, dw = backend.depthwise_conv2d_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        dx, dw = impl.backward(dout, cache)
         self.weight.grad += dw
         return dx
 
@@ -176,23 +183,33 @@ class PointwiseConv2d(_Layer):
         return f"{self.in_channels}, {self.out_channels}"
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.pointwise_conv2d_forward(x, self.weight.data)
-        return self._remember(out, cache, backend)
+        impl = POINTWISE_CONV2D.active()
+        out, cache = impl.forward(x, self.weight.data)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        dx, dT = backend.pointwise_conv2d_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        dx, dT = impl.backward(dout, cache)
         self.weight.grad += dT
         return dx
 
 
 class BatchNorm2d(_Layer):
-    """BatchNorm over ``(N, H, W)`` per channel with PyTorch's numerics and state.
+    """BatchNorm over ``(N, H, W)`` per channel with PyTorch's numerics and state: ``out = BN(x) [+ residual]``.
 
     Parameters ``weight`` (gamma) and ``bias`` (beta); buffers ``running_mean``, ``running_var`` and
-    ``num_batches_tracked``. See :func:`numpymnv2.functional.batchnorm.batchnorm_forward`.
+    ``num_batches_tracked``. ``forward(x, residual=None)`` adds ``residual`` (the shortcut of an inverted
+    residual block) in the same pass; ``backward(dout)`` returns dL/dx, and the gradient with respect to the
+    residual is ``dout`` itself, which the caller adds to its shortcut.
+
+    The layer's own ``training`` flag decides between batch and running statistics, so ``bn.eval()`` on one layer
+    freezes its statistics inside a model in training mode. A training-mode forward whose batch statistics are
+    not finite raises :class:`~numpymnv2._checks.NonFiniteError` and leaves the running statistics unchanged.
+    It runs :data:`numpymnv2.ops.BATCHNORM_ACT` with no activation; the equations are in
+    :func:`numpymnv2.functional.batchnorm.batchnorm_forward` and :func:`numpymnv2.functional.fused.batchnorm_act_forward`.
     """
+
+    activation = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype="float32"):
         super().__init__()
@@ -211,52 +228,81 @@ class BatchNorm2d(_Layer):
     def check_input(self, x, finite: bool = True):
         x = super().check_input(x, finite)
         if self.training:
-            _check_batch_statistics(x, self.label)
+            check_batch_statistics(x.shape, self.label)
         return x
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    def forward(self, x):
-        backend = ops()
-        out, cache = backend.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
-                                               self.running_var, self.training, self.momentum, self.eps)
+    def forward(self, x, residual=None):
+        if residual is not None:
+            check_array(residual, self.label, dtype=x.dtype, finite=False, what="residual")
+            if residual.shape != x.shape:
+                raise ValueError(f"{self.label}: expected a residual of shape {x.shape} (the output's shape), "
+                                 f"got {residual.shape}")
+        impl = BATCHNORM_ACT.active()
+        saved = self.save_buffers() if self.training else None
+        out, cache = impl.forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                                  self.training, self.momentum, self.eps, self.activation, residual)
         if self.training:
+            if not math.isfinite(float(self.running_mean.sum()) + float(self.running_var.sum())):
+                self.restore_buffers(saved)
+                raise NonFiniteError(f"{self.label}: the batch statistics of this input are not finite (largest "
+                                     f"|x| {float(np.abs(x).max()):.3g}); the running statistics were left as "
+                                     f"they were")
             self.num_batches_tracked += 1
-        return self._remember(out, cache, backend)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        dx, dgamma, dbeta = backend.batchnorm_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        dx, dgamma, dbeta, _ = impl.backward(dout, cache)   # the residual's gradient is dout: the caller's
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
 
 
+class BatchNormAct2d(BatchNorm2d):
+    """BatchNorm, then an activation, in one pass: ``out = act(BN(x)) [+ residual]``.
+
+    A :class:`BatchNorm2d` (the same parameters, buffers and state-dict keys, so ``isinstance(m, BatchNorm2d)``
+    finds it when freezing BatchNorm) that also applies ``activation`` (``"relu6"``, ``"relu"`` or None) before
+    the optional residual add; the fast backend does all three in one pass over memory. MobileNetV2 uses it
+    after the expansion and the depthwise convolutions, where torchvision has BatchNorm2d followed by ReLU6.
+    """
+
+    def __init__(self, num_features: int, activation: str | None = "relu6", eps: float = 1e-5,
+                 momentum: float = 0.1, dtype="float32"):
+        super().__init__(num_features, eps=eps, momentum=momentum, dtype=dtype)
+        self.activation = check_activation(activation, type(self).__name__)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
 class _Activation(_Layer):
-    kind = ""
+    op = None     # the row of numpymnv2.ops
 
     def check_input(self, x, finite: bool = True):
         return check_array(x, self.label, finite=finite)
 
     def forward(self, x):
-        backend = ops()
-        out, cache = getattr(backend, f"{self.kind}_forward")(x)
-        return self._remember(out, cache, backend)
+        impl = self.op.active()
+        out, cache = impl.forward(x)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        return getattr(backend, f"{self.kind}_backward")(dout, cache)
+        cache, impl = self._recall(dout)
+        return impl.backward(dout, cache)
 
 
 class ReLU6(_Activation):
     """``min(max(x, 0), 6)`` elementwise; see :mod:`numpymnv2.functional.activation`."""
-    kind = "relu6"
+    op = RELU6
 
 
 class ReLU(_Activation):
     """``max(x, 0)`` elementwise; see :mod:`numpymnv2.functional.activation`."""
-    kind = "relu"
+    op = RELU
 
 
 class GlobalAvgPool2d(_Layer):
@@ -266,13 +312,13 @@ class GlobalAvgPool2d(_Layer):
         return check_array(x, self.label, ndim=4, finite=finite)
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.global_avg_pool_forward(x)
-        return self._remember(out, cache, backend)
+        impl = GLOBAL_AVG_POOL.active()
+        out, cache = impl.forward(x)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        return backend.global_avg_pool_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        return impl.backward(dout, cache)
 
 
 class Dropout(_Layer):
@@ -283,9 +329,7 @@ class Dropout(_Layer):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = check_probability(p, "p", "Dropout")
         object.__setattr__(self, "generator", _rng(rng))
 
     def extra_repr(self):
@@ -295,13 +339,13 @@ class Dropout(_Layer):
         return check_array(x, self.label, finite=finite)
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.dropout_forward(x, self.p, self.training, self.generator)
-        return self._remember(out, cache, backend)
+        impl = DROPOUT.active()
+        out, cache = impl.forward(x, self.p, self.training, self.generator)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        return backend.dropout_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        return impl.backward(dout, cache)
 
 
 class Linear(_Layer):
@@ -328,99 +372,60 @@ class Linear(_Layer):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
-        backend = ops()
-        out, cache = backend.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
-        return self._remember(out, cache, backend)
+        impl = LINEAR.active()
+        out, cache = impl.forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        return self._remember(out, cache, impl)
 
     def backward(self, dout):
-        cache, backend = self._recall(dout)
-        dx, dw, db = backend.linear_backward(dout, cache)
+        cache, impl = self._recall(dout)
+        dx, dw, db = impl.backward(dout, cache)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
         return dx
 
 
-class ConvBNAct(Module):
-    """Convolution, BatchNorm and an optional activation: torchvision's ``Conv2dNormActivation``.
+class ConvBNAct(Sequential):
+    """A convolution, then BatchNorm and an optional activation: torchvision's ``Conv2dNormActivation``.
 
-    Children ``0`` (the convolution), ``1`` (the :class:`BatchNorm2d` whose parameters and statistics are used)
-    and, when ``activation`` is set, ``2`` (the activation, kept for the structure and state-dict keys). The
-    BatchNorm, the activation and an optional residual run as one operation,
-    :func:`numpymnv2.functional.fused.batchnorm_act_forward`, which the fast backend fuses into a single pass.
+    A :class:`Sequential` of two children: ``0`` the convolution and ``1`` a :class:`BatchNormAct2d` applying
+    ``activation`` (``"relu6"``, ``"relu"``), or a plain :class:`BatchNorm2d` when ``activation`` is None. The
+    state-dict keys are torchvision's (``0.weight``, ``1.weight``, ``1.running_mean``, ...); torchvision's third
+    child, the ReLU6, has no state and runs inside child ``1``. Forward and backward are Sequential's: what the
+    tree prints is what runs, and each child's own mode is honoured.
 
-    ``forward(x, residual=None)`` returns ``act(BN(conv(x))) + residual``; ``backward(dout)`` returns dL/dx.
-    The gradient with respect to ``residual`` is ``dout`` itself, which the caller adds to its shortcut.
-
-    ``dtype`` defaults to the convolution's parameter dtype; the BatchNorm must share it (a float32 BatchNorm
-    after a float64 convolution would silently mix precisions), so a different explicit ``dtype`` is an error,
-    as is an ``out_channels`` that differs from the convolution's output channels.
+    ``dtype`` defaults to the convolution's; an explicit different one is an error (a float32 BatchNorm after a
+    float64 convolution would silently mix precisions), as is an ``out_channels`` that is not the convolution's.
     """
 
     def __init__(self, conv: Module, out_channels: int, activation: str | None = "relu6", dtype=None):
-        super().__init__()
-        if activation not in (None, "relu6", "relu"):
-            raise ValueError(f"ConvBNAct: activation must be 'relu6', 'relu' or None, got {activation!r}")
+        where = "ConvBNAct"
+        check_activation(activation, where)
         if not isinstance(conv, Module):
-            raise TypeError(f"ConvBNAct: conv must be a Module, got {type(conv).__name__}")
+            raise TypeError(f"{where}: conv must be a Module, got {type(conv).__name__}")
         conv_dtype = conv.param_dtype()
         dt = resolve_dtype(dtype if dtype is not None else (conv_dtype or "float32"))
         if conv_dtype is not None and conv_dtype != dt:
-            raise TypeError(f"ConvBNAct: dtype={dt} but the convolution's parameters are {conv_dtype}")
-        conv_out = getattr(conv, "out_channels", getattr(conv, "channels", None))
+            raise TypeError(f"{where}: dtype={dt} but the convolution's parameters are {conv_dtype}")
+        conv_out = getattr(conv, "out_channels", None)
         if conv_out is not None and conv_out != out_channels:
-            raise ValueError(f"ConvBNAct: out_channels={out_channels} but the convolution {conv!r} gives "
+            raise ValueError(f"{where}: out_channels={out_channels} but the convolution {conv!r} gives "
                              f"{conv_out} channels")
-        self.activation = activation
-        setattr(self, "0", conv)
-        setattr(self, "1", BatchNorm2d(out_channels, dtype=dt))
-        if activation is not None:
-            setattr(self, "2", ReLU6() if activation == "relu6" else ReLU())
-        object.__setattr__(self, "_cache", None)
-        object.__setattr__(self, "_ops", None)
-        object.__setattr__(self, "_out_shape", None)
-        object.__setattr__(self, "_out_dtype", None)
+        norm = (BatchNorm2d(out_channels, dtype=dt) if activation is None
+                else BatchNormAct2d(out_channels, activation, dtype=dt))
+        super().__init__(conv, norm)
 
     @property
     def conv(self) -> Module:
-        return self._modules["0"]
+        """Child ``0``."""
+        return self[0]
 
     @property
     def bn(self) -> BatchNorm2d:
-        return self._modules["1"]
+        """Child ``1``."""
+        return self[1]
 
-    def check_input(self, x, finite: bool = True):
-        return self.conv.check_input(x, finite=finite)
-
-    def extra_repr(self):
-        return f"activation={self.activation}"
-
-    def forward(self, x, residual=None):
-        h = self.conv(x)
-        bn, backend = self.bn, ops()
-        check_array(h, self.label, channels=bn.num_features, finite=False, what="convolution output")
-        if bn.training:
-            _check_batch_statistics(h, self.label)
-        if residual is not None:
-            check_array(residual, self.label, dtype=h.dtype, finite=False, what="residual")
-            if residual.shape != h.shape:
-                raise ValueError(f"{self.label}: expected a residual of shape {h.shape} (the output's shape), "
-                                 f"got {residual.shape}")
-        out, cache = backend.batchnorm_act_forward(h, bn.weight.data, bn.bias.data, bn.running_mean,
-                                                   bn.running_var, bn.training, bn.momentum, bn.eps,
-                                                   self.activation, residual)
-        if bn.training:                      # the BatchNorm child's mode decides, as in torchvision
-            bn.num_batches_tracked += 1
-        object.__setattr__(self, "_cache", cache)
-        object.__setattr__(self, "_ops", backend)
-        object.__setattr__(self, "_out_shape", out.shape)
-        object.__setattr__(self, "_out_dtype", out.dtype)
-        return out
-
-    def backward(self, dout):
-        cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape, self._out_dtype)
-        dh, dgamma, dbeta, _ = self._ops.batchnorm_act_backward(dout, cache)
-        self.bn.weight.grad += dgamma
-        self.bn.bias.grad += dbeta
-        return self.conv.backward(dh)
+    @property
+    def activation(self) -> str | None:
+        """The activation child ``1`` applies (None for a plain BatchNorm or another module)."""
+        return getattr(self[1], "activation", None)

@@ -9,10 +9,15 @@ The convention, once for the whole package
 * Activations are NHWC arrays; parameters and buffers share one dtype (float32 or float64) and inputs must match
   it: nothing is silently up- or down-cast.
 * A module holds parameters, buffers (BatchNorm running statistics), child modules, its mode and its last cache;
-  never optimizer state.
+  never optimizer state. Each module's own ``training`` flag decides how it runs (``model.eval()`` sets every
+  flag; ``bn.eval()`` on one BatchNorm freezes just its statistics, as in PyTorch).
+* A forward pass changes the model's state all or nothing: the outermost ``module(x)`` call keeps a journal of
+  the buffers its layers change (BatchNorm records its running statistics before updating them), and if the
+  call raises, every buffer in the journal is put back.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -20,9 +25,25 @@ from typing import Iterator
 
 import numpy as np
 
-from numpymnv2._checks import check_array, check_same_shape
+from numpymnv2._checks import check_array, check_same_shape, resolve_dtype
 
 _call_depth = threading.local()
+_journal = threading.local()      # .entries: list of (module, {buffer name: saved copy}) during an outermost call
+_backward_depth = threading.local()
+
+
+@contextlib.contextmanager
+def backward_call(module: "Module", dout):
+    """Wrap the body of a container's ``backward``: only the outermost backward call scans ``dout`` for NaN and
+    infinity (as only the outermost forward call scans ``x``); nested ones check shapes and dtypes."""
+    depth = getattr(_backward_depth, "value", 0)
+    if depth == 0:
+        check_array(dout, module.label, finite=True, what="gradient")
+    _backward_depth.value = depth + 1
+    try:
+        yield
+    finally:
+        _backward_depth.value = depth
 
 
 class Parameter:
@@ -77,12 +98,15 @@ class Module:
             self._buffers[key] = value          # e.g. `bn.num_batches_tracked += 1` stays a buffer
             object.__setattr__(self, key, value)
             return
-        for registry in (self._parameters, self._modules, self._buffers):
-            registry.pop(key, None)
-        if isinstance(value, Parameter):
-            self._parameters[key] = value
-        elif isinstance(value, Module):
-            self._modules[key] = value
+        registry = (self._parameters if isinstance(value, Parameter) else
+                    self._modules if isinstance(value, Module) else None)
+        for other in (self._parameters, self._modules, self._buffers):
+            if other is not registry:
+                other.pop(key, None)
+        if registry is not None:
+            registry[key] = value           # a replaced child keeps its place (and so its turn in Sequential)
+        if isinstance(value, Module):
+            value.set_names(f"{self.name}.{key}" if self.name else key)   # and is named at once
         object.__setattr__(self, key, value)
 
     def register_buffer(self, key: str, value: np.ndarray) -> None:
@@ -90,10 +114,19 @@ class Module:
         self._buffers[key] = value
         object.__setattr__(self, key, value)
 
-    def set_buffer(self, key: str, value: np.ndarray) -> None:
-        """Replace the array of buffer ``key`` (registered earlier)."""
-        self._buffers[key] = value
-        object.__setattr__(self, key, value)
+    def save_buffers(self) -> dict:
+        """Copies of this module's own buffers, also entered in the journal of the outermost forward call (if
+        one is running) so that a failure anywhere in that call puts them back; see :meth:`restore_buffers`."""
+        saved = {key: np.array(b, copy=True) for key, b in self._buffers.items()}
+        entries = getattr(_journal, "entries", None)
+        if entries is not None:
+            entries.append((self, saved))
+        return saved
+
+    def restore_buffers(self, saved: dict) -> None:
+        """Write back the buffer values returned by :meth:`save_buffers` (in place)."""
+        for key, value in saved.items():
+            self._buffers[key][...] = value
 
     @property
     def label(self) -> str:
@@ -113,9 +146,21 @@ class Module:
         # Only the outermost call pays for the full scan for NaN/inf; inner layers check shape and dtype only.
         self.check_input(x, finite=depth == 0)
         _call_depth.value = depth + 1
+        if depth:
+            try:
+                return self.forward(x, *args, **kwargs)
+            finally:
+                _call_depth.value = depth
+        _journal.entries = []
         try:
             return self.forward(x, *args, **kwargs)
+        except BaseException:
+            # all or nothing: put back every buffer a layer changed before the failure (Ctrl-C included)
+            for module, saved in reversed(_journal.entries):
+                module.restore_buffers(saved)
+            raise
         finally:
+            _journal.entries = None
             _call_depth.value = depth
 
     def check_input(self, x, finite: bool = True) -> np.ndarray:
@@ -132,8 +177,11 @@ class Module:
         return None
 
     def _check_dout(self, dout, shape, dtype=None) -> np.ndarray:
-        """Validate ``dout`` against the forward output's ``shape`` and dtype (``dtype``, else the parameters')."""
+        """Validate ``dout`` against the forward output's ``shape`` and dtype (``dtype``, else the parameters');
+        a layer's backward called directly (not from a container's) also rejects NaN and infinity."""
         check_same_shape(dout, shape, self.label)
+        if getattr(_backward_depth, "value", 0) == 0:
+            check_array(dout, self.label, finite=True, what="gradient")
         dt = dtype if dtype is not None else self.param_dtype()
         if dt is not None and dout.dtype != dt:
             raise TypeError(f"{self.label}: expected a {dt} gradient (the forward output's dtype), got "
@@ -156,6 +204,36 @@ class Module:
     def eval(self) -> "Module":
         """Set evaluation mode (running statistics, no dropout); return self."""
         return self.train(False)
+
+    # -- dtype --------------------------------------------------------------------------------------------
+    def to(self, dtype) -> "Module":
+        """Convert every parameter, gradient and floating buffer to ``dtype`` in place; return self.
+
+        As ``torch.nn.Module.to(dtype)``: the module itself changes (build the optimizer afterwards, it holds
+        the parameters' arrays). Caches of earlier forward passes are dropped, so call forward again before
+        backward. Integer buffers (``num_batches_tracked``) keep their type.
+        """
+        dt = resolve_dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = np.ascontiguousarray(p.data, dtype=dt)
+                p.grad = np.ascontiguousarray(p.grad, dtype=dt)
+            for key, b in list(m._buffers.items()):
+                if b.dtype.kind == "f":
+                    m.register_buffer(key, np.ascontiguousarray(b, dtype=dt))
+            m._drop_cache()
+        return self
+
+    def double(self) -> "Module":
+        """``self.to("float64")``: what :func:`numpymnv2.gradcheck` needs."""
+        return self.to(np.float64)
+
+    def float(self) -> "Module":
+        """``self.to("float32")``."""
+        return self.to(np.float32)
+
+    def _drop_cache(self) -> None:
+        """Forget the last forward pass (layers keep a cache for their backward); :meth:`to` calls it."""
 
     # -- traversal ----------------------------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -284,8 +362,25 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
+    def _key(self, i) -> str:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{self.label}: indices must be integers or slices, got {type(i).__name__}")
+        n = len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"{self.label}: index {i} is out of range for {n} children")
+        return list(self._modules)[i]
+
+    def __getitem__(self, i):
+        """The child at position ``i``, or a new Sequential of the children in a slice (the same modules)."""
+        if isinstance(i, slice):
+            return Sequential(*list(self._modules.values())[i])
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, i, module: Module) -> None:
+        """Replace the child at position ``i`` (``model.classifier[1] = Linear(...)``), keeping its key."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{self.label}: can only hold Modules, got {type(module).__name__}")
+        setattr(self, self._key(i), module)
 
     def __iter__(self):
         return iter(self._modules.values())
@@ -299,6 +394,7 @@ class Sequential(Module):
         return x
 
     def backward(self, dout):
-        for layer in reversed(self._modules.values()):
-            dout = layer.backward(dout)
+        with backward_call(self, dout):
+            for layer in reversed(self._modules.values()):
+                dout = layer.backward(dout)
         return dout

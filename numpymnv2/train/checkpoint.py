@@ -12,6 +12,8 @@ Layout of the file (every entry an array; ``np.load(path, allow_pickle=False)`` 
     model/<name>         the model's ``state_dict()`` (parameters and BatchNorm buffers)
     optimizer/<name>     the optimizer's flat ``state_dict()``
     schedule/<name>      the learning-rate schedule's ``state_dict()``
+    split/<name>         which images the run trained and validated on: ``train_rows``, ``val_rows`` (int64
+                         row indices into the dataset's splits; see :func:`numpymnv2.train.config.load_run_data`)
 
 Generator states are JSON because PCG64's 128-bit integers do not fit any NumPy integer dtype, and JSON keeps
 them exact. Files are written with :func:`numpymnv2.train.atomic.atomic_write`, so a crash while saving
@@ -35,7 +37,7 @@ from numpymnv2.train.atomic import atomic_write
 FORMAT = "numpymnv2-checkpoint"
 FORMAT_VERSION = 1
 _META = ("config", "progress", "history", "best", "rng")
-_ARRAY_GROUPS = ("model", "optimizer", "schedule")
+_ARRAY_GROUPS = ("model", "optimizer", "schedule", "split")
 _META_BYTES = 64 * 1024 ** 2     # the JSON records: configuration, history, generator states
 
 
@@ -51,6 +53,10 @@ class Checkpoint:
     ----------
     model, optimizer, schedule : dict of str to ndarray
         The ``state_dict()`` of each (optimizer and schedule may be empty, e.g. for exported weights).
+    split : dict of str to ndarray
+        ``train_rows`` and ``val_rows``: the rows of the dataset the run trained and validated on, so
+        ``numpymnv2 evaluate --split train|val`` scores exactly those images (empty for converted weights and
+        checkpoints written before the split was stored).
     config : dict
         JSON-able configuration of the run; ``config["model"]`` describes the architecture and
         ``config["preprocess"]`` how images become network input.
@@ -70,6 +76,7 @@ class Checkpoint:
     model: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
     schedule: dict[str, np.ndarray] = field(default_factory=dict)
+    split: dict[str, np.ndarray] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -144,16 +151,19 @@ def checkpoint_bytes(ckpt: Checkpoint) -> int:
 
 def _array_budget(config) -> int:
     """Bytes the arrays of a checkpoint of this configuration may claim: its model state in float64 and up to
-    three optimizer arrays per parameter, plus slack; never more than :func:`byte_budget` allows."""
-    spec = config.get("model") if isinstance(config, dict) else None
-    expected = None
-    if isinstance(spec, dict) and spec.get("name") == "MobileNetV2":
-        try:
-            fp = mobilenetv2_footprint(**{k: v for k, v in spec.items() if k != "name"})
-            expected = (4 * fp.parameters + fp.buffers) * 8 + (1 << 20)
-        except (TypeError, ValueError, OverflowError):
-            expected = None     # a malformed record: judged when the model is built from it
-    return byte_budget(expected)
+    three optimizer arrays per parameter, the split's row indices (int64, at most two per image of the splits it
+    indexes), plus slack; never more than :func:`byte_budget` allows."""
+    config = config if isinstance(config, dict) else {}
+    spec, data = config.get("model"), config.get("data")
+    if not (isinstance(spec, dict) and spec.get("name") == "MobileNetV2"):
+        return byte_budget()
+    try:
+        fp = mobilenetv2_footprint(**{k: v for k, v in spec.items() if k != "name"})
+        sizes = data.get("split_sizes", {}) if isinstance(data, dict) else {}
+        images = sum(int(n) for n in sizes.values()) if isinstance(sizes, dict) else 0
+        return byte_budget((4 * fp.parameters + fp.buffers) * 8 + 16 * max(images, 0) + (1 << 20))
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return byte_budget()    # a malformed record: judged when the model is built from it
 
 
 def resolve_checkpoint_path(path) -> Path:
@@ -238,7 +248,7 @@ def load_checkpoint(path) -> Checkpoint:
     except ValueError as exc:
         raise CheckpointError(f"{exc} (the file itself is intact: it was written so)") from None
     return Checkpoint(model=groups["model"], optimizer=groups["optimizer"], schedule=groups["schedule"],
-                      path=p, **meta)
+                      split=groups["split"], path=p, **meta)
 
 
 # -- random generators ------------------------------------------------------------------------------------

@@ -1,19 +1,26 @@
 """``numpymnv2 train``: train a MobileNetV2, by default on the built-in digits, offline.
 
 Everything the run writes goes to ``--out`` (default ``runs/<dataset>``): ``last.npz`` after every epoch,
-``best.npz`` at the best validation accuracy, ``metrics.csv``/``metrics.json`` and ``curves.png``.
-``--epochs`` is the total length of the run, so ``--resume --epochs 40`` extends a finished 30-epoch run by 10.
+``best.npz`` at the best validation accuracy, ``metrics.csv``/``metrics.json``/``metrics.jsonl`` and
+``curves.png``. ``--epochs`` is the total length of the run, so ``--resume --epochs 40`` extends a finished
+30-epoch run by 10.
+
+Validation is a stratified tenth of the training split (``--val-fraction``); the test split is read only once
+the run has ended, to report the final model's test accuracy on a line of its own.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
-                                    build_schedule, default_out_dir, load_run_data, make_preprocess,
-                                    make_loaders, model_spec, run_record)
+                                    build_schedule, default_out_dir, load_run_data, load_test_data,
+                                    make_loaders, make_preprocess, model_spec, run_record, split_record)
 
 _FROM_OUT = "<out>/last.npz"
 EXIT_INTERRUPTED = 130
@@ -37,8 +44,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                       help="no random crops (and flips) during training")
     data.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                      help="validate on this fraction of the training images instead of the test split "
-                           f"(default: {d.val_fraction}, i.e. the test split)")
+                      help=f"hold out this fraction of the training split, stratified by class, to validate on "
+                           f"(chooses best.npz, --patience); the test split is only read at the end, for the "
+                           f"final model's test accuracy (default: {d.val_fraction}). 0 validates on the test "
+                           f"split, the behaviour before numpymnv2 0.2, which makes that test accuracy optimistic")
     data.add_argument("--limit", type=int, default=None, metavar="N",
                       help="use at most N training and N validation images, for a quick trial")
     model = parser.add_argument_group("model")
@@ -67,6 +76,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--warmup-epochs", type=int, default=None,
                      help=f"linear warm-up from 0.1 x lr (default: {d.warmup_epochs})")
     opt.add_argument("--label-smoothing", type=float, default=None, help=f"(default: {d.label_smoothing})")
+    opt.add_argument("--patience", type=int, default=None, metavar="N",
+                     help="early stopping: end the run when the validation accuracy has not improved for N "
+                          "epochs (best.npz keeps the best model; default: train all --epochs)")
     opt.add_argument("--seed", type=int, default=None,
                      help=f"fixes the initial weights, the data order, augmentation and dropout (default: {d.seed})")
     run = parser.add_argument_group("run")
@@ -79,7 +91,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="the Numba kernels or the readable NumPy code (a resumed run continues bit for bit "
                           "only on the backend it started with)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="one line per epoch instead of progress bars")
+                     help="one line per epoch instead of progress bars (the default when the output is not a "
+                          "terminal, e.g. redirected to a file)")
 
 
 def _explicit_options(args) -> dict:
@@ -142,12 +155,18 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer."""
     from numpymnv2.models.footprint import check_batch_fits
     from numpymnv2.train.trainer import Trainer
-    train, val, val_source = load_run_data(cfg)
+    run = load_run_data(cfg)
+    train, val = run.train, run.val
     if ckpt is not None:
         preprocess = ckpt.config["preprocess"]
         if list(ckpt.config.get("classes", [])) != list(train.classes):
             raise ValueError(f"{ckpt.path} was trained on the classes {ckpt.config.get('classes')}, but the data "
                              f"now has {train.classes}")
+        for name, rows in split_record(run).items():
+            if name in ckpt.split and not np.array_equal(ckpt.split[name], rows):
+                raise ValueError(f"{ckpt.path}: the dataset no longer gives the run's {name.split('_')[0]} "
+                                 f"images (its files changed since the run started); a resumed run must see "
+                                 f"the same data")
         spec = ckpt.config["model"]
     else:
         preprocess = make_preprocess(cfg, train)
@@ -158,9 +177,10 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
-    config = run_record(cfg, spec, preprocess, train.classes, len(train), len(val), val_source)
+    config = run_record(cfg, spec, preprocess, run)
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=cfg.epochs, schedule=schedule,
-                      out_dir=out, config=config, label_smoothing=cfg.label_smoothing, progress=progress, log=log)
+                      out_dir=out, config=config, label_smoothing=cfg.label_smoothing, split=split_record(run),
+                      patience=cfg.patience, progress=progress, log=log)
     if ckpt is not None:
         trainer.restore(ckpt)
     return trainer
@@ -181,9 +201,10 @@ def describe_run(trainer, cfg: TrainConfig, out: Path) -> str:
         f"({data['val_source']}), {H}x{W}x{pre['channels']} -> {pre['resolution']}x{pre['resolution']}x3, "
         f"augmentation: {', '.join(aug) or 'none'}",
         f"optimizer: {cfg.optimizer} lr {cfg.lr:g}{mom} weight decay {cfg.weight_decay:g} (not on BN/bias), "
-        f"{cfg.schedule} schedule{warm}",
-        f"{cfg.epochs} epochs x {len(trainer.train_loader)} batches of {cfg.batch_size}, seed {cfg.seed}; "
-        f"writing to {out}",
+        f"{cfg.schedule} schedule{warm}" + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else ""),
+        f"{cfg.epochs} epochs x {len(trainer.train_loader)} batches of {cfg.batch_size}"
+        + (f" (early stopping after {cfg.patience} without improvement)" if cfg.patience else "")
+        + f", seed {cfg.seed}; writing to {out}",
     ])
 
 
@@ -203,9 +224,11 @@ def _run(args) -> int:
 
 def _run_locked(args) -> int:
     from numpymnv2.backend import use_backend
+    from numpymnv2.train.metrics import write_metrics
     from numpymnv2.train.trainer import RUN_FILES, NonFiniteLossError
     cfg, out, ckpt = _resolve(args)
-    trainer = build_trainer(cfg, out, ckpt, progress=args.progress)
+    # progress bars only on a terminal: redirected to a file they would write every frame
+    trainer = build_trainer(cfg, out, ckpt, progress=args.progress and sys.stderr.isatty())
     if args.overwrite and ckpt is None:
         for name in RUN_FILES:          # no file of the old run may outlive the new one's first epoch
             (out / name).unlink(missing_ok=True)
@@ -216,6 +239,11 @@ def _run_locked(args) -> int:
         if done >= cfg.epochs:
             say(f"{ckpt.path}: the run has already done {done} epoch{'s' if done != 1 else ''} (--epochs "
                 f"{cfg.epochs}); pass a larger --epochs to train longer")
+            return 0
+        if trainer.stopped_early:
+            say(f"{ckpt.path}: the run stopped early after epoch {done} (no better validation accuracy since "
+                f"epoch {trainer.best['epoch']}, --patience {cfg.patience}); resume with a larger --patience, or "
+                f"--patience 0, to train on")
             return 0
         pos = trainer.position
         at = f"epoch {pos['epoch'] + 1}" + (f", batch {pos['batch']}" if pos["batch"] else "")
@@ -230,23 +258,58 @@ def _run_locked(args) -> int:
     wall = time.perf_counter() - t0
     if result.status == "interrupted":
         if trainer.last_path.exists():
-            say(f"continue with: numpymnv2 train --out {out} --resume")
+            say(f"continue with: numpymnv2 train --out {shlex.quote(str(out))} --resume")
         return EXIT_INTERRUPTED
-    say(_summary(result, wall, out))
+    with use_backend(args.backend):
+        test, missing = final_test(trainer, cfg)
+    if test is not None:
+        write_metrics(out, trainer.history, trainer.best, trainer.config, test=test)
+    say(_summary(cfg, result, wall, out, test, missing))
     return 0
 
 
-def _summary(result, wall: float, out: Path) -> str:
+def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
+    """``(record, None)``: the final model's accuracy on the test split, read only now; or ``(None, why)`` when
+    the dataset has no test split."""
+    from numpymnv2.data import DataLoader
+    from numpymnv2.train.config import make_transform
+    from numpymnv2.train.trainer import evaluate_model
+    try:
+        test = load_test_data(cfg)
+    except FileNotFoundError as exc:
+        return None, str(exc).splitlines()[0]
+    loader = DataLoader(test, max(cfg.batch_size, 256), shuffle=False, dtype=cfg.dtype,
+                        transform=make_transform(trainer.config["preprocess"], train=False))
+    loss, acc, predictions, labels = evaluate_model(trainer.model, loader)
+    return {"model": "last.npz", "epoch": len(trainer.history), "images": len(test),
+            "correct": int((predictions == labels).sum()), "acc": acc, "loss": loss,
+            "also_validation": cfg.val_fraction == 0}, None
+
+
+def _summary(cfg: TrainConfig, result, wall: float, out: Path, test: dict | None, missing: str | None) -> str:
     from numpymnv2.train.trainer import RUN_FILES
     last = result.history[-1]
-    lines = [f"done: {result.epochs_done} epochs in {_duration(wall)} (this session)"]
+    done = f"{result.epochs_done} epoch{'s' if result.epochs_done != 1 else ''}"
+    lines = [f"done: {done} in {_duration(wall)} (this session)"]
+    if result.status == "stopped early":
+        lines[0] = (f"stopped early after {done} in {_duration(wall)} (this session): no better validation "
+                    f"accuracy for {cfg.patience} epochs (--patience {cfg.patience})")
     if last.get("val_acc") is not None:
         best = result.best
         lines[0] += (f"; validation accuracy {100 * last['val_acc']:.2f}% after the last epoch, best "
                      f"{100 * best['val_acc']:.2f}% at epoch {best['epoch']}")
+    if test is not None:
+        note = ("the test split was also the validation set (--val-fraction 0), so this is optimistic"
+                if test["also_validation"] else "images the run never trained or validated on")
+        lines.append(f"test accuracy of the final model (last.npz): {100 * test['acc']:.2f}% ({test['correct']}/"
+                     f"{test['images']} test images; {note})")
+    else:
+        lines.append(f"test accuracy: none, the dataset has no test split ({missing}); the validation accuracy "
+                     f"is the run's only held-out measure")
     files = [name for name in RUN_FILES if (out / name).exists()]
     lines.append(f"files in {out}: {', '.join(files)}")
-    lines.append(f"evaluate: numpymnv2 evaluate --checkpoint {out / 'last.npz'}")
+    split = "test" if test is not None else "val"
+    lines.append(f"evaluate: numpymnv2 evaluate --checkpoint {shlex.quote(str(out / 'last.npz'))} --split {split}")
     return "\n".join(lines)
 
 

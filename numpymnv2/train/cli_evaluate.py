@@ -1,8 +1,10 @@
 """``numpymnv2 evaluate``: accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
 
 The model, the dataset and the preprocessing all come from the checkpoint, so only ``--checkpoint`` is
-needed. The confusion matrix is printed and saved as a PNG, the numbers as JSON, next to the checkpoint
-unless ``--out`` says otherwise.
+needed. ``--split train`` and ``--split val`` score exactly the images the run trained and validated on (the
+checkpoint stores their rows), for every dataset the trainer accepts; ``--split test`` the dataset's test split.
+The confusion matrix is printed and saved as a PNG, the numbers as JSON, next to the checkpoint unless
+``--out`` says otherwise.
 """
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from numpymnv2.train.config import EVAL_SPLITS
+
 
 def configure_parser(parser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a checkpoint (.npz) written by `numpymnv2 train`, or a run folder (its last.npz)")
-    parser.add_argument("--split", choices=("test", "train"), default="test",
-                        help="which split of the checkpoint's dataset (default: test)")
+    parser.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                        help="test: the dataset's test split; train / val: the images the run trained / validated "
+                             "on (the checkpoint stores which; val is a held-out part of the train split unless "
+                             "the run had --val-fraction 0) (default: test)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset's files are, if not where training found them")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
@@ -24,14 +30,15 @@ def configure_parser(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where to write the confusion matrix PNG and JSON (default: the checkpoint's folder)")
-    parser.add_argument("--backend", choices=("fast", "reference"), default="fast")
+    parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
+                        help="the Numba kernels or the readable NumPy code (default: fast)")
 
 
 def run(args) -> int:
     from numpymnv2.backend import use_backend
     from numpymnv2.data import DataLoader
     from numpymnv2.train.atomic import atomic_write_text
-    from numpymnv2.train.config import TrainConfig, load_split, make_transform
+    from numpymnv2.train.config import TrainConfig, load_evaluation_split, make_transform
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
                                          plot_confusion)
@@ -48,7 +55,7 @@ def run(args) -> int:
     if args.data_dir is not None:
         saved["data_dir"] = args.data_dir
     cfg = TrainConfig.from_dict(saved)
-    data = load_split(cfg, args.split)
+    data, what = load_evaluation_split(cfg, args.split, ckpt.split, ckpt.config.get("data"))
     classes = ckpt.config["classes"]
     if list(data.classes) != list(classes):
         raise ValueError(f"{ckpt.path} was trained on the classes {classes}, but {cfg.dataset} ({args.split}) "
@@ -66,7 +73,7 @@ def run(args) -> int:
     spec = ckpt.config["model"]
     print(f"checkpoint: {ckpt.path} (after {epochs} epoch{'s' if epochs != 1 else ''}; MobileNetV2 width "
           f"{spec.get('width_mult')}, {len(classes)} classes)")
-    print(f"data: {cfg.dataset}, {args.split} split, {len(data)} images")
+    print(f"data: {cfg.dataset}, --split {args.split}: {what}, {len(data)} images")
     print(f"accuracy: {100 * acc:.2f}% ({int(np.trace(cm))}/{len(data)}), mean cross-entropy {loss:.4f}")
     print("\nper-class accuracy:")
     width = max(5, max(len(str(c)) for c in classes))

@@ -9,7 +9,9 @@ data the builders below derive the rest (:func:`numpymnv2.train.cli.build_traine
      "preprocess": {"image_size": [8, 8], "channels": 1, "resolution": 32,           # turns any image into
                     "mean": [...], "std": [...], "dtype": "float32", ...},           # network input
      "classes": ["0", ..., "9"],
-     "data": {"dataset": "digits", "train_images": 1497, "val_images": 300, "val_source": "test split"}}
+     "data": {"dataset": "digits", "train_images": 1347, "val_images": 150,          # which images the run
+              "val_source": "0.1 of the train split, held out", "val_split": "train",   # used; the rows are
+              "split_sizes": {"train": 1497}}}                                        # the checkpoint's split/
 
 so ``numpymnv2 evaluate`` and ``numpymnv2 predict`` need nothing but the checkpoint.
 """
@@ -19,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,13 +58,15 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dropout: float = 0.2
     augment: bool = True
-    val_fraction: float = 0.0
+    val_fraction: float = 0.1
     limit: int | None = None
+    patience: int | None = None
     seed: int = 0
     dtype: str = "float32"
 
-    # Options that may differ when a run is resumed: they do not change what is computed.
-    RESUMABLE = ("epochs", "data_dir")
+    # Options that may differ when a run is resumed: they change where the files are or when the run ends,
+    # never what a step computes.
+    RESUMABLE = ("epochs", "data_dir", "patience")
 
     def __post_init__(self):
         self.validate()
@@ -98,6 +102,8 @@ class TrainConfig:
              f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         need(self.limit is None or (_int(self.limit) and self.limit >= 2),
              f"--limit must be an integer >= 2, got {self.limit}")
+        need(self.patience is None or (_int(self.patience) and self.patience >= 0),
+             f"--patience must be an integer >= 0, got {self.patience}")
         need(_int(self.seed) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         need(self.dtype in ("float32", "float64"), f"--dtype must be float32 or float64, got {self.dtype!r}")
         return self
@@ -142,44 +148,130 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return keep, held_out
 
 
-def load_run_data(cfg: TrainConfig):
-    """``(train, val, val_source)``: the training and validation Datasets and where validation comes from.
+class RunData(NamedTuple):
+    """The images of a run (:func:`load_run_data`).
 
-    Validation is the dataset's test split, or, with ``val_fraction > 0``, a stratified part of the training
-    split (the test split is then untouched). ``limit`` keeps a random subset of at most that many images of
-    each (for quick trials).
+    Attributes
+    ----------
+    train, val : Dataset
+        What the run trains on and validates on.
+    val_source : str
+        Where validation comes from, for people ("0.1 of the train split, held out", "test split").
+    val_split : {"train", "test"}
+        The dataset split the validation images are rows of.
+    train_rows, val_rows : ndarray of int64
+        The rows of the train split (``train``) and of ``val_split`` (``val``); stored in every checkpoint so
+        ``numpymnv2 evaluate --split train|val`` scores exactly these images later.
+    split_sizes : dict of str to int
+        The number of images of each split read (the rows index into these).
     """
-    train = load_split(cfg, "train")
+    train: Any
+    val: Any
+    val_source: str
+    val_split: str
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    split_sizes: dict
+
+
+def load_run_data(cfg: TrainConfig) -> RunData:
+    """The training and validation images of a run (see :class:`RunData`).
+
+    By default (``val_fraction > 0``) validation is a stratified part of the training split, held out at
+    random with ``cfg.seed``, and the test split is not read at all: ``best.npz`` is chosen, and any setting
+    tuned, without looking at it. ``val_fraction = 0`` validates on the test split instead (the behaviour of
+    numpymnv2 0.1; the test accuracy is then no longer an unbiased estimate). ``limit`` keeps a random subset of
+    at most that many images of each (for quick trials).
+    """
+    source = load_split(cfg, "train")
     if cfg.val_fraction > 0:
-        keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
-        if len(held) == 0 or len(keep) < 2:
-            raise ValueError(f"--val-fraction {cfg.val_fraction} of {len(train)} training images leaves "
-                             f"{len(keep)} for training and {len(held)} for validation")
-        train, val = train.subset(keep), train.subset(held)
-        source = f"{cfg.val_fraction:g} of the train split"
+        train_rows, val_rows = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
+        if len(val_rows) == 0 or len(train_rows) < 2:
+            raise ValueError(f"--val-fraction {cfg.val_fraction} of {len(source)} training images leaves "
+                             f"{len(train_rows)} for training and {len(val_rows)} for validation")
+        val_from, val_split = source, "train"
+        val_source = f"{cfg.val_fraction:g} of the train split, held out"
     else:
         try:
-            val = load_split(cfg, "test")
+            val_from = load_split(cfg, "test")
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}\n(no test split to validate on: pass --val-fraction 0.1 to hold "
                                     f"out part of the training images instead)") from None
-        source = "test split"
+        train_rows, val_rows = np.arange(len(source)), np.arange(len(val_from))
+        val_split, val_source = "test", "the test split, --val-fraction 0"
     if cfg.limit is not None:
-        train = _limit(train, cfg.limit, cfg.seed, 3)
-        val = _limit(val, cfg.limit, cfg.seed, 4)
+        train_rows = _limit_rows(train_rows, cfg.limit, cfg.seed, 3)
+        val_rows = _limit_rows(val_rows, cfg.limit, cfg.seed, 4)
+    train, val = source.subset(train_rows), val_from.subset(val_rows)
     if len(train) < 2:
         raise ValueError(f"{cfg.dataset}: only {len(train)} training image(s); need at least 2")
     if train.num_classes != val.num_classes:
         raise ValueError(f"{cfg.dataset}: the train split has {train.num_classes} classes but the validation "
                          f"data has {val.num_classes}")
-    return train, val, source
+    sizes = {"train": len(source), val_split: len(val_from)}
+    return RunData(train, val, val_source, val_split, train_rows.astype(np.int64), val_rows.astype(np.int64),
+                   sizes)
 
 
-def _limit(ds, n: int, seed: int, stream: int):
-    if len(ds) <= n:
-        return ds
-    rows = np.sort(np.random.default_rng([seed, stream]).permutation(len(ds))[:n])
-    return ds.subset(rows)
+def _limit_rows(rows: np.ndarray, n: int, seed: int, stream: int) -> np.ndarray:
+    """At most ``n`` of ``rows``, drawn at random from stream ``stream`` of ``seed``, in their order."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.sort(np.random.default_rng([seed, stream]).permutation(len(rows))[:n])]
+
+
+def load_test_data(cfg: TrainConfig):
+    """The test split of the run's dataset (a random ``limit`` of it with ``cfg.limit``), for the final report.
+
+    Raises ``FileNotFoundError`` when the dataset has no test split (an image folder without test/ or val/).
+    """
+    test = load_split(cfg, "test")
+    if cfg.limit is not None:
+        test = test.subset(_limit_rows(np.arange(len(test)), cfg.limit, cfg.seed, 5))
+    return test
+
+
+EVAL_SPLITS = ("train", "val", "test")
+
+
+def load_evaluation_split(cfg: TrainConfig, split: str, stored: dict | None = None,
+                          data_record: dict | None = None):
+    """``(dataset, description)``: the images ``numpymnv2 evaluate --split`` scores.
+
+    ``"train"`` and ``"val"`` are the run's own training and validation images: the rows stored in the
+    checkpoint (``stored``, its ``split`` arrays), or, for a checkpoint without them, the rows
+    :func:`load_run_data` draws from the configuration. ``"test"`` is the dataset's whole test split.
+    ``data_record`` is the checkpoint's ``config["data"]``; its split sizes tell whether the dataset still has
+    the images it had in training (the stored rows would name other images otherwise).
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if split == "test":
+        try:
+            return load_split(cfg, "test"), "test split"
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}\n(this dataset has no test split; --split val scores the images the "
+                                    f"run held out for validation)") from None
+    record = data_record or {}
+    rows = (stored or {}).get(f"{split}_rows")
+    if rows is None:
+        run = load_run_data(cfg)
+        if split == "train":
+            return run.train, "the run's training images"
+        return run.val, f"the run's validation images ({run.val_source})"
+    from_split = "train" if split == "train" else record.get("val_split", "train")
+    data = load_split(cfg, from_split)
+    expected = (record.get("split_sizes") or {}).get(from_split)
+    if expected is not None and expected != len(data):
+        raise ValueError(f"{cfg.dataset}: the {from_split} split has {len(data)} images now but had {expected} "
+                         f"when the run trained, so the stored {split} rows no longer name the same images")
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+        raise ValueError(f"{cfg.dataset}: the stored {split} rows reach row {int(rows.max())}, but the "
+                         f"{from_split} split has {len(data)} images")
+    if split == "train":
+        return data.subset(rows), "the run's training images"
+    return data.subset(rows), f"the run's validation images ({record.get('val_source', from_split)})"
 
 
 def make_preprocess(cfg: TrainConfig, train) -> dict[str, Any]:
@@ -295,12 +387,18 @@ def build_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     return sched
 
 
-def run_record(cfg: TrainConfig, spec: dict, preprocess: dict, classes, train_size: int, val_size: int,
-               val_source: str) -> dict[str, Any]:
+def run_record(cfg: TrainConfig, spec: dict, preprocess: dict, run: RunData) -> dict[str, Any]:
     """The JSON configuration stored in every checkpoint (see the module docstring)."""
-    return {"train": cfg.to_dict(), "model": spec, "preprocess": preprocess, "classes": [str(c) for c in classes],
-            "data": {"dataset": cfg.dataset, "train_images": int(train_size), "val_images": int(val_size),
-                     "val_source": val_source}}
+    return {"train": cfg.to_dict(), "model": spec, "preprocess": preprocess,
+            "classes": [str(c) for c in run.train.classes],
+            "data": {"dataset": cfg.dataset, "train_images": len(run.train), "val_images": len(run.val),
+                     "val_source": run.val_source, "val_split": run.val_split,
+                     "split_sizes": dict(run.split_sizes)}}
+
+
+def split_record(run: RunData) -> dict[str, np.ndarray]:
+    """The ``split`` arrays of a checkpoint: the rows the run trains and validates on."""
+    return {"train_rows": run.train_rows, "val_rows": run.val_rows}
 
 
 def default_out_dir(cfg: TrainConfig) -> Path:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,8 +30,10 @@ def without_timing(history: Sequence[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
 
 
-def write_metrics(out_dir, history: Sequence[dict], best: dict | None = None, config: dict | None = None) -> None:
-    """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (history, best epoch, config) atomically."""
+def write_metrics(out_dir, history: Sequence[dict], best: dict | None = None, config: dict | None = None,
+                  test: dict | None = None) -> None:
+    """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (history, best epoch, config and, once the
+    run has ended, ``test``: the final model's test accuracy) atomically."""
     out_dir = Path(out_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(FIELDS), extrasaction="ignore", lineterminator="\n")
@@ -39,7 +42,22 @@ def write_metrics(out_dir, history: Sequence[dict], best: dict | None = None, co
         writer.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
     atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
     doc = {"history": list(history), "best": best, "config": config}
+    if test is not None:
+        doc["test"] = test
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2) + "\n")
+
+
+def write_jsonl(path, history: Sequence[dict]) -> None:
+    """Write ``path`` afresh (atomically) with one JSON object per epoch of ``history``, one per line."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one epoch's row to the JSON-lines log and flush it to disk, so ``tail -f`` sees whole lines."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _csv_value(v):

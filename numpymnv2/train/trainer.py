@@ -43,11 +43,11 @@ from numpymnv2.train.atomic import remove_temporary_files
 from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, NonFiniteStateError, checkpoint_bytes,
                                         generator_states, load_model_state, module_generators,
                                         restore_generator_states, save_checkpoint)
-from numpymnv2.train.metrics import plot_curves, write_metrics
+from numpymnv2.train.metrics import append_jsonl, plot_curves, write_jsonl, write_metrics
 from numpymnv2.train.runfolder import check_output_folder, lock_run_folder
 
 # every file a run writes into its output folder
-RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png")
+RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "metrics.jsonl", "curves.png")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,7 +67,8 @@ class FitResult:
 
     Attributes
     ----------
-    status : {"finished", "interrupted"}
+    status : {"finished", "stopped early", "interrupted"}
+        "stopped early": the validation accuracy did not improve for ``patience`` epochs.
     epochs_done : int
         Finished epochs (all of them, counting those of earlier sessions of a resumed run).
     history : list of dict
@@ -110,13 +111,20 @@ class Trainer:
     schedule : LRScheduler, optional
         Stepped after every optimizer step.
     out_dir : str or Path, optional
-        Where ``last.npz``, ``best.npz``, ``metrics.csv``, ``metrics.json`` and ``curves.png`` go; nothing is
+        Where ``last.npz``, ``best.npz``, ``metrics.csv``, ``metrics.json``, ``metrics.jsonl`` (one JSON line
+        per epoch, appended as epochs end, for tools that follow the run) and ``curves.png`` go; nothing is
         written without it.
     config : dict, optional
         JSON-able description of the run stored in every checkpoint; ``config["model"]`` names the
         architecture in error messages.
     label_smoothing : float
         Of the training loss (validation always uses the plain cross-entropy).
+    split : dict of str to ndarray, optional
+        The rows of the dataset the run trains and validates on (``train_rows``, ``val_rows``), stored in every
+        checkpoint (see :func:`numpymnv2.train.config.load_run_data`).
+    patience : int, optional
+        Early stopping: end the run when the validation accuracy has not improved for this many epochs
+        (``best.npz`` then holds the best model). None or 0: train all ``epochs``.
     progress : bool
         Show a tqdm progress bar per epoch; without it one line per epoch is logged instead.
     log : callable, optional
@@ -124,10 +132,15 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int, schedule=None,
-                 out_dir=None, config: dict | None = None, label_smoothing: float = 0.0, progress: bool = True,
-                 log: Callable[[str], None] | None = None):
+                 out_dir=None, config: dict | None = None, label_smoothing: float = 0.0, split: dict | None = None,
+                 patience: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
             raise ValueError(f"Trainer: epochs must be a positive integer, got {epochs!r}")
+        if patience is not None and (not isinstance(patience, (int, np.integer)) or isinstance(patience, bool)
+                                     or patience < 0):
+            raise ValueError(f"Trainer: patience must be a non-negative integer or None, got {patience!r}")
+        if patience and val_loader is None:
+            raise ValueError("Trainer: early stopping (patience) needs a validation loader")
         if len(train_loader) == 0:
             raise ValueError("Trainer: the training loader yields no batch")
         self.model = model
@@ -139,6 +152,8 @@ class Trainer:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.config = dict(config or {})
         self.label_smoothing = float(label_smoothing)
+        self.split = {k: np.asarray(v, dtype=np.int64) for k, v in (split or {}).items()}
+        self.patience = int(patience) if patience else None
         self.progress = bool(progress)
         self._log = log
         self.generators = module_generators(model)
@@ -152,6 +167,7 @@ class Trainer:
         self._step_lr = None            # the learning rate of the step in flight
         self._checked_shape = None      # the batch shape whose memory need was checked
         self._saved: dict[str, Any] = {}  # "last.npz": epochs it holds, "best.npz": its epoch (for messages)
+        self._log_synced = False        # metrics.jsonl rewritten from the history in this session
 
     # -- paths and messages ---------------------------------------------------------------------------------
     @property
@@ -178,7 +194,7 @@ class Trainer:
         """The complete state of the run at this moment (between two steps)."""
         return Checkpoint(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                           schedule=self.schedule.state_dict() if self.schedule is not None else {},
-                          config=self.config, progress=_copy_json(self.position),
+                          split=self.split, config=self.config, progress=_copy_json(self.position),
                           history=_copy_json(self.history), best=_copy_json(self.best),
                           rng=generator_states(self.generators))
 
@@ -342,6 +358,9 @@ class Trainer:
         with self._claim_out_dir(), self._deferred_sigint():
             try:
                 while self.position["epoch"] < end:
+                    if self.stopped_early:
+                        status = "stopped early"
+                        break
                     if not self._run_epoch():
                         status = "interrupted"
                         break
@@ -351,6 +370,13 @@ class Trainer:
                          best=_copy_json(self.best),
                          last_checkpoint=self.last_path if self.last_path and self.last_path.exists() else None,
                          best_checkpoint=self.best_path if self.best_path and self.best_path.exists() else None)
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when the validation accuracy has not improved for ``patience`` epochs (early stopping)."""
+        if not self.patience or not self.history or self.best is None:
+            return False
+        return self.history[-1]["epoch"] - self.best["epoch"] >= self.patience
 
     def _run_epoch(self) -> bool:
         """Train (the rest of) the current epoch and evaluate; False if stopped by Ctrl-C."""
@@ -428,6 +454,11 @@ class Trainer:
         if improved:
             self._save_checked(self.best_path)
         write_metrics(self.out_dir, self.history, self.best, self.config)
+        if self._log_synced:
+            append_jsonl(self.out_dir / "metrics.jsonl", self.history[-1])
+        else:       # a resumed run may have logged epochs after its checkpoint: start from the history
+            write_jsonl(self.out_dir / "metrics.jsonl", self.history)
+            self._log_synced = True
         plot_curves(self.out_dir / "curves.png", self.history, title=self._title())
 
     def _title(self) -> str:

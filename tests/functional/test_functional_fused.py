@@ -139,7 +139,7 @@ def test_fused_matches_torch():
 def test_fused_rejects_bad_arguments():
     x = np.zeros((2, 2, 2, 3))
     args = (np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), True)
-    with pytest.raises(ValueError, match="activation must be one of \\['relu', 'relu6'\\] or None, got 'tanh'"):
+    with pytest.raises(ValueError, match="batchnorm_act: activation must be one of 'relu6', 'relu' or None, got 'tanh'"):
         batchnorm_act_forward(x, *args, activation="tanh")
     with pytest.raises(ValueError, match="residual has shape \\(2, 2, 2, 4\\), expected \\(2, 2, 2, 3\\)"):
         batchnorm_act_forward(x, *args, residual=np.zeros((2, 2, 2, 4)))

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numpymnv2 as mn
-from numpymnv2.backend import ops
+from numpymnv2 import ops
 
 models = pytest.importorskip("numpymnv2.models", reason="numpymnv2.models (MobileNetV2) is not available")
 
@@ -53,9 +53,12 @@ def _compare(build, x, labels, training, rtol):
 
 def test_fast_backend_uses_kernels():
     from numpymnv2 import kernels
-    fast = ops("fast")
-    assert fast.depthwise_conv2d_forward is kernels.depthwise.depthwise_conv2d_forward
-    assert fast.batchnorm_act_backward is kernels.fused.batchnorm_act_backward
+    assert ops.DEPTHWISE_CONV2D.on("fast").forward is kernels.depthwise.depthwise_conv2d_forward
+    assert ops.BATCHNORM_ACT.on("fast").backward is kernels.fused.batchnorm_act_backward
+    with mn.use_backend("fast"):
+        assert ops.BATCHNORM_ACT.active() is ops.BATCHNORM_ACT.fast
+    with mn.use_backend("reference"):
+        assert ops.BATCHNORM_ACT.active() is ops.BATCHNORM_ACT.reference
 
 
 @pytest.mark.skipif(NO_JIT, reason="the whole network in pure-Python kernels is slow; the ops are covered above")

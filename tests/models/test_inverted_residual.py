@@ -106,7 +106,9 @@ def test_errors_name_the_block():
     block(np.ones((2, 8, 8, 24), dtype=np.float32))
     with pytest.raises(ValueError, match="gradient of shape"):
         block.backward(np.zeros((2, 4, 4, 24), dtype=np.float32))
-    for bad in [dict(stride=0), dict(expand_ratio=0), dict(inp=2.5)]:
+    for bad, error, message in [(dict(stride=0), ValueError, "InvertedResidual: expected stride >= 1, got 0"),
+                                (dict(expand_ratio=0), ValueError, "expected expand_ratio >= 1, got 0"),
+                                (dict(inp=2.5), TypeError, "InvertedResidual: expected an integer inp, got 2.5")]:
         args = dict(inp=4, oup=4, stride=1, expand_ratio=6) | bad
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(error, match=message):
             InvertedResidual(**args)

@@ -135,9 +135,10 @@ def test_custom_setting_and_its_validation():
     model = MobileNetV2(num_classes=4, inverted_residual_setting=[[1, 8, 1, 1], [2, 16, 2, 2]], seed=0)
     assert len(model.features) == 5 and isinstance(model.features[3], InvertedResidual)
     assert model.eval()(np.zeros((1, 32, 32, 3), dtype=np.float32)).shape == (1, 4)
-    for bad, match in [([], "empty"), ([(1, 16, 1)], "4 entries"), ([(1, 16, 0, 1)], "entry 'n'"),
-                       ([(1.5, 16, 1, 1)], "entry 't'"), (5, "sequence")]:
-        with pytest.raises(ValueError, match=match):
+    for bad, error, match in [([], ValueError, "empty"), ([(1, 16, 1)], ValueError, "4 entries"),
+                              ([(1, 16, 0, 1)], ValueError, "entry 'n'"), ([(1.5, 16, 1, 1)], TypeError, "entry 't'"),
+                              (5, ValueError, "sequence")]:
+        with pytest.raises(error, match=match):
             MobileNetV2(inverted_residual_setting=bad)
     with pytest.raises(ValueError, match="width_mult"):
         MobileNetV2(width_mult=0)

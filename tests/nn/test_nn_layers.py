@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numpymnv2.nn import (BatchNorm2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout, GlobalAvgPool2d, Linear,
-                          PointwiseConv2d, ReLU, ReLU6, Sequential)
+from numpymnv2.nn import (BatchNorm2d, BatchNormAct2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout, GlobalAvgPool2d,
+                          Linear, PointwiseConv2d, ReLU, ReLU6, Sequential)
 from strategies import away_from_kinks, check_grads, nhwc_shapes
 
 F64 = "float64"
@@ -28,6 +28,8 @@ LAYERS = {
     "DepthwiseConv2d-s2": (lambda dt: DepthwiseConv2d(4, 3, 2, 1, rng=0, dtype=dt), (2, 5, 6, 4)),
     "PointwiseConv2d": (lambda dt: PointwiseConv2d(4, 6, rng=0, dtype=dt), (2, 3, 5, 4)),
     "BatchNorm2d": (lambda dt: randomize_bn(BatchNorm2d(4, dtype=dt)), (3, 4, 5, 4)),
+    "BatchNormAct2d-relu6": (lambda dt: randomize_bn(BatchNormAct2d(4, "relu6", dtype=dt)), (3, 4, 5, 4)),
+    "BatchNormAct2d-relu": (lambda dt: randomize_bn(BatchNormAct2d(4, "relu", dtype=dt)), (3, 4, 5, 4)),
     "ReLU6": (lambda dt: ReLU6(), (2, 3, 4, 5)),
     "ReLU": (lambda dt: ReLU(), (2, 3, 4, 5)),
     "GlobalAvgPool2d": (lambda dt: GlobalAvgPool2d(), (2, 3, 4, 5)),
@@ -69,27 +71,30 @@ def test_layer_preserves_float32(name):
     assert all(p.grad.dtype == np.float32 for p in layer.parameters())
 
 
+def batchnorm(activation, C, dtype=F64):
+    """The BatchNorm layer MobileNetV2 uses for ``activation``: BatchNormAct2d, or BatchNorm2d when linear."""
+    return BatchNorm2d(C, dtype=dtype) if activation is None else BatchNormAct2d(C, activation, dtype=dtype)
+
+
 @pytest.mark.parametrize("activation", ["relu6", "relu", None])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_conv_bn_act_gradients_including_residual(activation, mode):
+def test_batchnorm_gradients_including_residual(activation, mode):
     # the residual's gradient is dout itself: check it and dL/dx through one function of (x, residual)
     rng = np.random.default_rng(3)
-    layer = ConvBNAct(DepthwiseConv2d(4, 3, 1, 1, rng=rng, dtype=F64), 4, activation)
-    randomize_bn(layer.bn)
+    layer = randomize_bn(batchnorm(activation, 4))
     getattr(layer, mode)()
 
     def forward(x, residual):
-        out = layer(x, residual)
-        return out, None
+        return layer(x, residual=residual), None
 
     def backward(dout, _):
         return layer.backward(dout), dout
 
     x = rng.uniform(-1, 1, (2, 5, 6, 4))
     residual = rng.uniform(-1, 1, x.shape)
-    check_grads(f"ConvBNAct[{activation},{mode},residual]", (forward, backward), (x, residual))
+    check_grads(f"{layer.label}[{activation},{mode},residual]", (forward, backward), (x, residual))
     # and the parameters, through the module form
-    check_grads(f"ConvBNAct[{activation},{mode}]", layer, x)
+    check_grads(f"{layer.label}[{activation},{mode}]", layer, x)
 
 
 @given(nhwc_shapes(min_side=1, max_side=6), st.sampled_from([1, 2]), st.sampled_from(["relu6", "relu", None]))
@@ -161,14 +166,14 @@ def test_dropout_layer_modes():
     np.testing.assert_array_equal(layer.backward(np.ones_like(y)), y)
     layer.eval()
     np.testing.assert_array_equal(layer(x), x)
-    with pytest.raises(ValueError, match="Dropout: p must be in \\[0, 1\\], got 1.5"):
+    with pytest.raises(ValueError, match="Dropout: expected p in \\[0, 1\\], got 1.5"):
         Dropout(1.5)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # bad input: a ValueError/TypeError that names the layer, what it expected and what it got
 
-LBL = r"\(features\.3(\.0)?\)"       # the layer, or for ConvBNAct its convolution, features.3.0
+LBL = r"\(features\.3(\.[01])?\)"    # the layer, or for ConvBNAct the child that rejects: features.3.0 or .1
 
 
 def named(layer):
@@ -256,7 +261,7 @@ def test_empty_output_names_the_layer(layer, shape, axis):
 def test_batchnorm_training_needs_two_values_per_channel():
     for layer in (BatchNorm2d(3, dtype=F64), ConvBNAct(PointwiseConv2d(3, 3, dtype=F64), 3)):
         named(layer)
-        with pytest.raises(ValueError, match=r"\(features\.3\): training mode needs more than one value per "
+        with pytest.raises(ValueError, match=LBL + r": training mode needs more than one value per "
                                              r"channel.*got input shape \(1, 1, 1, 3\)"):
             layer(np.ones((1, 1, 1, 3)))
         layer.eval()(np.ones((1, 1, 1, 3)))                 # evaluation mode is fine
@@ -266,12 +271,12 @@ def test_batchnorm_training_needs_two_values_per_channel():
 def test_backward_errors_name_the_layer(name):
     factory, shape = LAYERS[name]
     layer = named(factory(F64))
-    with pytest.raises(ValueError, match=r"\(features\.3\): backward called before forward"):
+    with pytest.raises(ValueError, match=LBL + r": backward called before forward"):
         layer.backward(np.zeros(shape))
     out = layer(layer_input(name, shape))
-    with pytest.raises(ValueError, match=rf"\(features\.3\): expected a gradient of shape {re_shape(out.shape)}"):
+    with pytest.raises(ValueError, match=LBL + rf": expected a gradient of shape {re_shape(out.shape)}"):
         layer.backward(np.zeros(out.shape + (1,)))
-    with pytest.raises(TypeError, match=r"\(features\.3\): expected a float64 gradient"):
+    with pytest.raises(TypeError, match=LBL + r": expected a float64 gradient"):
         layer.backward(np.zeros(out.shape, np.float32))
 
 
@@ -307,14 +312,15 @@ def test_conv_bn_act_dtype_follows_the_convolution():
     assert ConvBNAct(PointwiseConv2d(3, 4), 4).bn.weight.dtype == np.float32
 
 
-def test_conv_bn_act_residual_errors_name_the_layer():
-    layer = named(ConvBNAct(PointwiseConv2d(3, 4, dtype=F64), 4))
-    x = np.zeros((2, 3, 3, 3))
-    with pytest.raises(ValueError, match=r"ConvBNAct\(features\.3\): expected a residual of shape "
+@pytest.mark.parametrize("activation", ["relu6", None])
+def test_batchnorm_residual_errors_name_the_layer(activation):
+    layer = named(batchnorm(activation, 4))
+    x = np.zeros((2, 3, 3, 4))
+    with pytest.raises(ValueError, match=rf"{type(layer).__name__}\(features\.3\): expected a residual of shape "
                                          r"\(2, 3, 3, 4\) \(the output's shape\), got \(2, 3, 3, 3\)"):
-        layer(x, np.zeros((2, 3, 3, 3)))
-    with pytest.raises(TypeError, match=r"ConvBNAct\(features\.3\): expected a float64 residual"):
-        layer(x, np.zeros((2, 3, 3, 4), np.float32))
+        layer(x, residual=np.zeros((2, 3, 3, 3)))
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__}\(features\.3\): expected a float64 residual"):
+        layer(x, residual=np.zeros((2, 3, 3, 4), np.float32))
 
 
 def test_conv_bn_act_follows_its_batchnorm_mode():

@@ -80,7 +80,7 @@ def test_sequential_names_and_order():
     names = [n for n, _ in net.named_parameters()]
     assert names == ["0.0.weight", "0.1.weight", "0.1.bias", "1.0.weight", "1.1.weight", "1.1.bias", "2.weight",
                      "3.weight", "3.bias", "7.weight", "7.bias"]
-    assert net[3].label == "BatchNorm2d(3)" and net[0].bn.label == "BatchNorm2d(0.1)"
+    assert net[3].label == "BatchNorm2d(3)" and net[0].bn.label == "BatchNormAct2d(0.1)"
     assert len(net) == 8 and list(net)[2] is net[2]
     with pytest.raises(TypeError, match="Sequential: element 1 is a int, not a Module"):
         Sequential(ReLU6(), 3)
@@ -227,5 +227,6 @@ def test_parameter_basics():
 
 def test_repr_shows_the_tree():
     text = repr(small_net())
-    assert text.startswith("Sequential(\n  (0): ConvBNAct(activation=relu6")
+    assert text.startswith("Sequential(\n  (0): ConvBNAct(\n    (0): Conv2d(3, 4, kernel_size=3, stride=2, padding=1)\n"
+                           "    (1): BatchNormAct2d(4, eps=1e-05, momentum=0.1, activation=relu6)\n  )\n")
     assert "(7): Linear(6, 5, bias=True)" in text

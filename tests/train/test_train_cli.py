@@ -1,6 +1,7 @@
 """``numpymnv2 train | evaluate | predict`` end to end, on a tiny MobileNetV2 and a few dozen digits."""
 import json
 import os
+import shlex
 import signal
 
 import numpy as np
@@ -21,6 +22,14 @@ def train(out, *extra):
     return main(["train", "--out", str(out), *TINY, *extra])
 
 
+def _printed_command(stdout: str, prefix: str) -> list:
+    """The arguments of the ``numpymnv2 ...`` command a line starting with ``prefix`` prints."""
+    line = next(line for line in stdout.splitlines() if line.startswith(prefix))
+    argv = shlex.split(line[len(prefix):])
+    assert argv[0] == "numpymnv2"
+    return argv[1:]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A 1-epoch run; tests only read it."""
@@ -33,13 +42,60 @@ def test_train_writes_every_file_and_says_what_it_did(tmp_path, capsys):
     out = tmp_path / "run"
     assert train(out, "--epochs", "1") == 0
     stdout = capsys.readouterr().out
-    assert {"last.npz", "best.npz", "metrics.csv", "metrics.json", "curves.png"} == set(os.listdir(out))
-    for text in ("MobileNetV2 width 0.1", "48 training / 48 validation images", "8x8x1 -> 32x32x3",
-                 "epoch 1/1:", "val loss=", "done: 1 epochs", "files in", "numpymnv2 evaluate --checkpoint"):
+    assert {"last.npz", "best.npz", "metrics.csv", "metrics.json", "metrics.jsonl", "curves.png"} == \
+        set(os.listdir(out))
+    for text in ("MobileNetV2 width 0.1", "48 training / 48 validation images (0.1 of the train split, held out)",
+                 "8x8x1 -> 32x32x3", "epoch 1/1:", "val loss=", "done: 1 epoch in", "files in",
+                 "test accuracy of the final model (last.npz): ", "/48 test images; images the run never "):
         assert text in stdout
     ckpt = load_checkpoint(out / "last.npz")
     assert ckpt.config["train"]["width"] == 0.1 and ckpt.config["model"]["name"] == "MobileNetV2"
     assert ckpt.config["preprocess"]["resolution"] == 32 and ckpt.config["classes"] == [str(d) for d in range(10)]
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["images"] == 48 and f"{100 * test['acc']:.2f}% ({test['correct']}/48" in stdout
+
+
+def test_validation_is_held_out_of_the_train_split_and_the_test_split_is_read_only_at_the_end(
+        tmp_path, monkeypatch, capsys):
+    from numpymnv2.train import config as config_module
+    from numpymnv2.train.trainer import Trainer
+    calls = []
+    real_load_split, real_fit = config_module.load_split, Trainer.fit
+    monkeypatch.setattr(config_module, "load_split", lambda cfg, split: calls.append(split) or
+                        real_load_split(cfg, split))
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: calls.append("trained") or real_fit(self, *a, **k))
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1", "--limit", "40", "--val-fraction", "0.2") == 0
+    assert calls == ["train", "trained", "test"]
+    stdout = capsys.readouterr().out
+    assert "40 training / 40 validation images (0.2 of the train split, held out)" in stdout
+    ckpt = load_checkpoint(out / "last.npz")
+    train_rows, val_rows = ckpt.split["train_rows"], ckpt.split["val_rows"]
+    assert len(np.intersect1d(train_rows, val_rows)) == 0 and max(train_rows.max(), val_rows.max()) < 1497
+    assert ckpt.config["data"]["val_split"] == "train" and ckpt.config["data"]["split_sizes"] == {"train": 1497}
+
+    # the printed command runs, and --split train / val score exactly the stored images
+    monkeypatch.undo()
+    argv = _printed_command(stdout, "evaluate: ")
+    assert argv[-2:] == ["--split", "test"]
+    assert main(argv) == 0
+    assert "--split test: test split, 300 images" in capsys.readouterr().out
+    for split, n in (("train", 40), ("val", 40)):
+        assert main(["evaluate", "--checkpoint", str(out / "last.npz"), "--split", split]) == 0
+        report = json.loads((out / f"last_{split}_evaluation.json").read_text())
+        assert report["images"] == n
+    assert report["accuracy"] == pytest.approx(ckpt.history[-1]["val_acc"])      # val = what training saw
+
+
+def test_val_fraction_0_validates_on_the_test_split_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1", "--val-fraction", "0") == 0
+    stdout = capsys.readouterr().out
+    assert "48 training / 48 validation images (the test split, --val-fraction 0)" in stdout
+    assert "the test split was also the validation set (--val-fraction 0), so this is optimistic" in stdout
+    assert main(["evaluate", "--checkpoint", str(out), "--split", "val", "--out", str(tmp_path)]) == 0
+    assert "--split val: the run's validation images (the test split, --val-fraction 0), 48 images" in \
+        capsys.readouterr().out
 
 
 def test_resume_alone_continues_the_run_in_out_bit_for_bit(tmp_path):
@@ -185,9 +241,9 @@ def test_image_folder_dataset_end_to_end(tmp_path, capsys):
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     out = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-                 "--epochs", "1", "--width", "0.1", "--batch-size", "8", "--no-progress"]) == 0
+                 "--epochs", "1", "--width", "0.1", "--batch-size", "8", "--no-progress", "--val-fraction", "0"]) == 0
     stdout = capsys.readouterr().out
-    assert "16 training / 8 validation images (test split), 32x32x3 -> 32x32x3" in stdout
+    assert "16 training / 8 validation images (the test split, --val-fraction 0), 32x32x3 -> 32x32x3" in stdout
     assert "horizontal flip" in stdout
     ckpt = load_checkpoint(out / "last.npz")
     assert ckpt.config["classes"] == ["blue", "red"] and ckpt.config["preprocess"]["image_size"] == [32, 32]
@@ -212,3 +268,32 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, monkeyp
     assert "training diverged at epoch 2, batch 1/3" in err
     assert f"The last good checkpoint, {out / 'last.npz'}, is kept (1 epoch done)" in err
     assert (out / "last.npz").read_bytes() == good
+
+
+def test_a_flat_image_folder_holds_out_validation_and_evaluate_scores_every_split(tmp_path, capsys):
+    """A folder without test/: the default run holds out validation images, says there is no test split, and
+    the evaluate command it prints runs; --split train scores only the images trained on."""
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                 "--epochs", "1", "--width", "0.1", "--batch-size", "6", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "18 training / 2 validation images (0.1 of the train split, held out)" in stdout
+    assert "test accuracy: none, the dataset has no test split" in stdout
+    argv = _printed_command(stdout, "evaluate: ")
+    assert argv[-2:] == ["--split", "val"] and main(argv) == 0
+    assert "--split val: the run's validation images (0.1 of the train split, held out), 2 images" in \
+        capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out), "--split", "train"]) == 0
+    assert "--split train: the run's training images, 18 images" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out), "--split", "test"]) == 2
+    assert "--split val scores the images the run held out" in capsys.readouterr().err
+    # the stored rows name images by position: a changed folder is refused, not silently scored
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data" / "blue" / "extra.png")
+    assert main(["evaluate", "--checkpoint", str(out), "--split", "val"]) == 2
+    assert "has 21 images now but had 20 when the run trained" in capsys.readouterr().err

@@ -39,10 +39,14 @@ def test_stratified_split_holds_out_a_fraction_of_every_class():
 
 
 def test_val_fraction_and_limit():
-    train, val, source = load_run_data(TrainConfig(val_fraction=0.2))
-    assert len(train) + len(val) == 1497 and source == "0.2 of the train split"
-    train, val, _ = load_run_data(TrainConfig(limit=50))
-    assert (len(train), len(val)) == (50, 50)
+    run = load_run_data(TrainConfig(val_fraction=0.2))
+    assert len(run.train) + len(run.val) == 1497 and run.val_source == "0.2 of the train split, held out"
+    assert run.val_split == "train" and run.split_sizes == {"train": 1497}
+    run = load_run_data(TrainConfig(limit=50))
+    assert (len(run.train), len(run.val)) == (50, 50) and set(run.val_rows) <= set(range(1497))
+    run = load_run_data(TrainConfig(val_fraction=0, limit=50))
+    assert run.val_split == "test" and run.split_sizes == {"train": 1497, "test": 300}
+    np.testing.assert_array_equal(run.val.images, load_dataset("digits", split="test").images[run.val_rows])
 
 
 def test_preprocess_record_matches_the_data_modules_evaluation_transform():

@@ -167,3 +167,31 @@ def test_resuming_with_more_epochs_stretches_the_cosine_schedule(make_trainer, t
     assert longer.lr == pytest.approx(0.05 / 2)             # half-way down the cosine over 2 epochs
     assert any("now spans 2 epochs" in m for m in messages)
     assert longer.fit().epochs_done == 2
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, epochs=6, patience=2)
+    accuracies = iter([0.5, 0.6, 0.6, 0.55, 0.9, 0.9])
+    trainer.evaluate = lambda loader=None: {"loss": 1.0, "acc": next(accuracies)}
+    result = trainer.fit()
+    assert result.status == "stopped early" and result.epochs_done == 4     # best at 2, none better in 3 and 4
+    assert result.best["epoch"] == 2 and trainer.stopped_early
+    assert load_checkpoint(tmp_path / "best.npz").best["epoch"] == 2
+    assert make_trainer(tmp_path, epochs=6, patience=2).restore(load_checkpoint(tmp_path / "last.npz")).fit() \
+        .status == "stopped early"           # resuming with the same patience trains no further
+    with pytest.raises(ValueError, match="patience must be a non-negative integer"):
+        make_trainer(epochs=2, patience=-1)
+
+
+def test_metrics_jsonl_has_one_line_per_epoch_and_restarts_from_the_checkpoint(make_trainer, tmp_path):
+    make_trainer(tmp_path, epochs=2).fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [json.loads(line) for line in lines] == history
+    # a run resumed from an older checkpoint drops the epochs logged after it
+    ckpt = load_checkpoint(tmp_path / "last.npz")
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines + ['{"epoch": 3}']) + "\n")
+    resumed = make_trainer(tmp_path, epochs=3).restore(ckpt)
+    resumed.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == history
