@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from numpymnv2._checks import NonFiniteError
 from numpymnv2.functional.loss import softmax_cross_entropy
 from numpymnv2.models.footprint import check_batch_fits
 from numpymnv2.train.atomic import remove_temporary_files
@@ -308,17 +309,23 @@ class Trainer:
         if x.shape != self._checked_shape:      # a batch too large for memory is refused before any work
             check_batch_fits(self.model, x.shape, training=True)
             self._checked_shape = x.shape
-        logits = self.model(x)
+        try:
+            logits = self.model(x)
+        except NonFiniteError as exc:       # a layer refused to take NaN or infinity into its state
+            raise NonFiniteLossError(str(exc)) from None
         if not np.isfinite(logits).all():
             raise NonFiniteLossError("the logits became NaN or infinite")
         loss, dlogits = softmax_cross_entropy(logits, y, self.label_smoothing)
         if not np.isfinite(loss):
             raise NonFiniteLossError(f"the loss became NaN or infinite ({float(loss)})")
-        self.model.backward(dlogits)
+        try:
+            self.model.backward(dlogits)
+        except NonFiniteError as exc:
+            raise NonFiniteLossError(str(exc)) from None
         correct = int((logits.argmax(axis=1) == y).sum())
         bad = [name for name, b in self.model.named_buffers() if b.dtype.kind == "f" and not np.isfinite(b).all()]
         if bad:
-            raise NonFiniteLossError(f"the BatchNorm running statistics {', '.join(bad[:3])}"
+            raise NonFiniteLossError(f"the running statistics {', '.join(bad[:3])}"
                                      f"{' and others' if len(bad) > 3 else ''} became NaN or infinite")
         self._step_lr = self.lr
         self._updating = True
