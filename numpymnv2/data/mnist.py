@@ -48,16 +48,14 @@ def _open_idx(path: Path):
 
 
 def _read_exactly(f, n: int) -> bytearray:
-    """Up to ``n`` bytes (fewer only at the end of the stream), read into one buffer."""
-    buf = bytearray(n)
-    view, done = memoryview(buf), 0
-    while done < n:
-        got = f.readinto(view[done:done + (1 << 24)])
-        if not got:
-            del view
-            del buf[done:]
+    """Up to ``n`` bytes (fewer only at the end of the stream). The buffer grows with what is really read, so a
+    header announcing more than the file holds costs nothing."""
+    buf = bytearray()
+    while len(buf) < n:
+        piece = f.read(min(n - len(buf), 1 << 24))
+        if not piece:
             break
-        done += got
+        buf += piece
     return buf
 
 
