@@ -70,13 +70,16 @@ def assert_clean_failure(outcome: Outcome, allowed=(0, 1, 2)) -> None:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file and folder below ``folder``: relative path -> (size, modification time in ns)."""
+    """Every file and folder below ``folder``: relative path -> (size, modification time in ns) for a file,
+    (-1, 0) for a folder (whose time changes when a file is made and removed in it, which is allowed)."""
     found = {}
     for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
+        for name in dirs:
+            found[str((Path(root) / name).relative_to(folder))] = (-1, 0)
+        for name in files:
             p = Path(root) / name
             st = p.lstat()
-            found[str(p.relative_to(folder))] = (st.st_size if name in files else -1, st.st_mtime_ns)
+            found[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
     return found
 
 
@@ -93,9 +96,18 @@ def working_dir(path: Path):
 
 @contextlib.contextmanager
 def scratch():
-    """A fresh empty folder, the working directory for the block (Hypothesis examples cannot share tmp_path)."""
+    """A fresh empty folder, the working directory for the block (Hypothesis examples cannot share tmp_path),
+    with ``NUMPYMNV2_DATA`` pointing at nothing, so no dataset of the machine is found by accident."""
     with tempfile.TemporaryDirectory(prefix="numpymnv2-adv-") as d, working_dir(Path(d)) as p:
-        yield p
+        before = os.environ.get("NUMPYMNV2_DATA")
+        os.environ["NUMPYMNV2_DATA"] = str(p / "no-data-here")
+        try:
+            yield p
+        finally:
+            if before is None:
+                del os.environ["NUMPYMNV2_DATA"]
+            else:
+                os.environ["NUMPYMNV2_DATA"] = before
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +129,7 @@ def inputs(tmp_path_factory, tiny_run) -> dict[str, Path]:
     Image.new("L", (8, 8), 200).save(d / "digit.png")
     Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(d / "digit16.png")
     data = (d / "digit.png").read_bytes()
-    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    (d / "cut.png").write_bytes(data[: len(data) // 2])
     (d / "bomb.png").write_bytes(png_claiming(30000, 30000))
     shutil.copy(tiny_run / "last.npz", d / "checkpoint.npz")
     ckpt = (d / "checkpoint.npz").read_bytes()
