@@ -38,7 +38,7 @@ import numpy as np
 
 from numpymnv2.interop import torch_bench
 
-# (name, batch, resolution, width_mult, num_classes, variant, mode): the rows of the table
+# (name, batch, resolution, width_mult, num_classes, variant, mode): the train and inference rows of the report
 MODEL_ROWS = [
     ("train b32 32px w1.0 c10", 32, 32, 1.0, 10, "imagenet", "train"),
     ("train b32 32px w1.0 c10 CIFAR strides", 32, 32, 1.0, 10, "cifar", "train"),

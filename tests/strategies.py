@@ -31,6 +31,31 @@ def away_from_kinks(x: np.ndarray, kinks=(0.0, 6.0), margin: float = 1e-3) -> np
     return x
 
 
+def randomize_bn(module, rng=0):
+    """Give every BatchNorm in ``module`` non-trivial parameters and running statistics (so a gradient check
+    exercises every term); return ``module``. ``rng``: a Generator or a seed."""
+    from numpymnv2.nn import BatchNorm2d
+
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    for bn in (m for m in module.modules() if isinstance(m, BatchNorm2d)):
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.weight.shape)
+        bn.bias.data[...] = rng.uniform(-0.3, 0.3, bn.bias.shape)
+        bn.running_mean[...] = rng.uniform(-0.2, 0.2, bn.running_mean.shape)
+        bn.running_var[...] = rng.uniform(0.5, 1.5, bn.running_var.shape)
+    return module
+
+
+def npz_round_trip(state: dict) -> dict:
+    """``state`` written with ``np.savez`` and read back with ``allow_pickle=False``."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
 @st.composite
 def seeds(draw):
     return draw(st.integers(0, 2**32 - 1))
@@ -40,7 +65,7 @@ def seeds(draw):
 # gradient checks shared by the op tests
 
 REL_TOL = 1e-6
-"""Bound on the normwise relative error of every finite-difference check (issue 2)."""
+"""Bound on the normwise relative error of every finite-difference check in the suite."""
 
 
 def resolvable_rel_error(result, rel_tol: float = REL_TOL) -> float:

@@ -72,11 +72,36 @@ class _Layer(Module):
         return cache, self._impl
 
 
-class Conv2d(_Layer):
+class _WindowConv(_Layer):
+    """A convolution with a ``K x K`` window, a stride and zero padding, without bias: the stem's full convolution
+    and the depthwise one share their checks and their calls; ``op`` is their row of :mod:`numpymnv2.ops`."""
+
+    op = None
+
+    def check_input(self, x, finite: bool = True):
+        x = super().check_input(x, finite)
+        _check_spatial(x, self.kernel_size, self.stride, self.padding, self.label)
+        return x
+
+    def forward(self, x):
+        impl = self.op.active()
+        out, cache = impl.forward(x, self.weight.data, self.stride, self.padding)
+        return self._remember(out, cache, impl)
+
+    def backward(self, dout):
+        cache, impl = self._recall(dout)
+        dx, dw = impl.backward(dout, cache)
+        self.weight.grad += dw
+        return dx
+
+
+class Conv2d(_WindowConv):
     """Full convolution without bias, NHWC; weight ``(C_out, K, K, C_in)``. Used for the stem.
 
     See :func:`numpymnv2.functional.conv2d.conv2d_forward` for the equations.
     """
+
+    op = CONV2D
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: int = 0, rng=None, dtype="float32"):
@@ -95,32 +120,18 @@ class Conv2d(_Layer):
     def in_channels_expected(self):
         return self.in_channels
 
-    def check_input(self, x, finite: bool = True):
-        x = super().check_input(x, finite)
-        _check_spatial(x, self.kernel_size, self.stride, self.padding, self.label)
-        return x
-
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}")
 
-    def forward(self, x):
-        impl = CONV2D.active()
-        out, cache = impl.forward(x, self.weight.data, self.stride, self.padding)
-        return self._remember(out, cache, impl)
 
-    def backward(self, dout):
-        cache, impl = self._recall(dout)
-        dx, dw = impl.backward(dout, cache)
-        self.weight.grad += dw
-        return dx
-
-
-class DepthwiseConv2d(_Layer):
+class DepthwiseConv2d(_WindowConv):
     """Depthwise convolution without bias, NHWC; weight ``(K, K, C)``.
 
     See :func:`numpymnv2.functional.depthwise.depthwise_conv2d_forward` for the equations.
     """
+
+    op = DEPTHWISE_CONV2D
 
     def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1, rng=None,
                  dtype="float32"):
@@ -142,24 +153,8 @@ class DepthwiseConv2d(_Layer):
     def in_channels_expected(self):
         return self.channels
 
-    def check_input(self, x, finite: bool = True):
-        x = super().check_input(x, finite)
-        _check_spatial(x, self.kernel_size, self.stride, self.padding, self.label)
-        return x
-
     def extra_repr(self):
         return f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-    def forward(self, x):
-        impl = DEPTHWISE_CONV2D.active()
-        out, cache = impl.forward(x, self.weight.data, self.stride, self.padding)
-        return self._remember(out, cache, impl)
-
-    def backward(self, dout):
-        cache, impl = self._recall(dout)
-        dx, dw = impl.backward(dout, cache)
-        self.weight.grad += dw
-        return dx
 
 
 class PointwiseConv2d(_Layer):
@@ -279,11 +274,14 @@ class BatchNormAct2d(BatchNorm2d):
         return f"{super().extra_repr()}, activation={self.activation}"
 
 
-class _Activation(_Layer):
-    op = None     # the row of numpymnv2.ops
+class _ParameterFree(_Layer):
+    """A layer without parameters whose operation takes only ``x``: ``op`` is its row of :mod:`numpymnv2.ops`."""
+
+    op = None
+    ndim = None        # any number of dimensions
 
     def check_input(self, x, finite: bool = True):
-        return check_array(x, self.label, finite=finite)
+        return check_array(x, self.label, ndim=self.ndim, finite=finite)
 
     def forward(self, x):
         impl = self.op.active()
@@ -295,30 +293,20 @@ class _Activation(_Layer):
         return impl.backward(dout, cache)
 
 
-class ReLU6(_Activation):
+class ReLU6(_ParameterFree):
     """``min(max(x, 0), 6)`` elementwise; see :mod:`numpymnv2.functional.activation`."""
     op = RELU6
 
 
-class ReLU(_Activation):
+class ReLU(_ParameterFree):
     """``max(x, 0)`` elementwise; see :mod:`numpymnv2.functional.activation`."""
     op = RELU
 
 
-class GlobalAvgPool2d(_Layer):
+class GlobalAvgPool2d(_ParameterFree):
     """``(N, H, W, C) -> (N, C)``, the mean of each channel; see :mod:`numpymnv2.functional.pooling`."""
-
-    def check_input(self, x, finite: bool = True):
-        return check_array(x, self.label, ndim=4, finite=finite)
-
-    def forward(self, x):
-        impl = GLOBAL_AVG_POOL.active()
-        out, cache = impl.forward(x)
-        return self._remember(out, cache, impl)
-
-    def backward(self, dout):
-        cache, impl = self._recall(dout)
-        return impl.backward(dout, cache)
+    op = GLOBAL_AVG_POOL
+    ndim = 4
 
 
 class Dropout(_Layer):

@@ -168,12 +168,23 @@ class Module:
         return check_array(x, self.label, dtype=self.param_dtype(), finite=finite)
 
     def param_dtype(self):
-        """The dtype of this module's parameters (None when it has none)."""
-        for p in self.parameters():
-            return p.data.dtype
-        for _, b in self.named_buffers():
-            if b.dtype.kind == "f":
-                return b.dtype
+        """The dtype of this module's parameters: its first parameter's (depth first), else its first floating
+        buffer's, else None. It stops at the first one found, so a call costs the depth of the tree, not its size."""
+        for registry in ("_parameters", "_buffers"):
+            dt = self._first_float_dtype(registry)
+            if dt is not None:
+                return dt
+        return None
+
+    def _first_float_dtype(self, registry: str):
+        for value in getattr(self, registry).values():
+            array = value.data if isinstance(value, Parameter) else value
+            if array.dtype.kind == "f":
+                return array.dtype
+        for child in self._modules.values():
+            dt = child._first_float_dtype(registry)
+            if dt is not None:
+                return dt
         return None
 
     def _check_dout(self, dout, shape, dtype=None) -> np.ndarray:

@@ -16,10 +16,9 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
 
     Parameters
     ----------
-    param : ndarray, any shape
-        θ, overwritten.
-    grad : ndarray, same shape and dtype as ``param``
-        g = dL/dθ; read only.
+    param, grad, work
+        θ (overwritten), g = dL/dθ (read only) and scratch space, as in the conventions of
+        :mod:`numpymnv2.optim.optimizer`.
     exp_avg, exp_avg_sq : ndarray, same shape and dtype
         m and v, the running first and second moments of g (both start at 0), overwritten.
     step : int
@@ -28,8 +27,6 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
         η, β1, β2, ε, λ as Python floats.
     decoupled_weight_decay : bool
         False: Adam's L2 penalty, added to the gradient. True: AdamW's decay, applied to θ directly.
-    work : pair of ndarrays, same shape and dtype as ``param``, optional
-        Scratch space; without it two temporaries are allocated.
 
     Notes
     -----
@@ -79,7 +76,7 @@ class Adam(Optimizer):
     Parameters
     ----------
     params : iterable
-        Parameters, ``(name, Parameter)`` pairs or param-group dicts (see :class:`Optimizer`).
+        As :class:`~numpymnv2.optim.Optimizer`.
     lr : float
         η >= 0.
     betas : (float, float)

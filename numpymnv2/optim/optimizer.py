@@ -3,8 +3,10 @@
 The convention, once for every optimizer in this package
 --------------------------------------------------------
 * The math of an update lives in a small function of arrays (``sgd_update``, ``rmsprop_update``, ...): it
-  reads ``grad``, and writes the new values into ``param`` and the state arrays it is given, in place. It keeps
-  nothing between calls. The optimizer class only owns the arrays and loops over the parameters.
+  reads ``grad`` (g = dL/dθ), and writes the new values into ``param`` (θ) and the state arrays it is given
+  (each of ``param``'s shape and dtype), in place. It keeps nothing between calls. Its optional ``work`` is a
+  pair of scratch arrays of ``param``'s shape and dtype (two temporaries are allocated without it). The
+  optimizer class only owns the arrays and loops over the parameters.
 * Optimizer state (momentum buffers, moment estimates) lives here, never in layers. ``state[i]`` belongs to the
   ``i``-th parameter counting across all groups in order, as in PyTorch.
 * ``param_groups`` is a list of dicts, each with ``"params"`` (a list of :class:`Parameter`) and every

@@ -55,10 +55,9 @@ def rmsprop_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
 
     Parameters
     ----------
-    param : ndarray, any shape
-        θ, overwritten.
-    grad : ndarray, same shape and dtype as ``param``
-        g = dL/dθ; read only.
+    param, grad, work
+        θ (overwritten), g = dL/dθ (read only) and scratch space, as in the conventions of
+        :mod:`numpymnv2.optim.optimizer`.
     square_avg : ndarray, same shape and dtype
         v, the running mean of g², overwritten (starts at 0 in PyTorch).
     momentum_buffer : ndarray, same shape and dtype, or None
@@ -67,8 +66,6 @@ def rmsprop_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
         ḡ, the running mean of g; give it for the centered variant, None otherwise.
     lr, alpha, eps, momentum, weight_decay : float
         η, α, ε, μ, λ as Python floats.
-    work : pair of ndarrays, same shape and dtype as ``param``, optional
-        Scratch space; without it two temporaries are allocated.
 
     Notes
     -----
@@ -112,10 +109,9 @@ def rmsprop_tf_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarra
 
     Parameters
     ----------
-    param : ndarray, any shape
-        θ, overwritten.
-    grad : ndarray, same shape and dtype as ``param``
-        g = dL/dθ; read only.
+    param, grad, work
+        θ (overwritten), g = dL/dθ (read only) and scratch space, as in the conventions of
+        :mod:`numpymnv2.optim.optimizer`.
     square_avg : ndarray, same shape and dtype
         v, TensorFlow's ``rms`` slot, overwritten; TensorFlow 1 starts it at 1.
     momentum_buffer : ndarray, same shape and dtype, or None
@@ -124,8 +120,6 @@ def rmsprop_tf_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarra
         ḡ, TensorFlow's ``mg`` slot (starts at 0); give it for the centered variant.
     lr, alpha, eps, momentum, weight_decay : float
         η, α (TensorFlow's ``decay``), ε, μ, λ as Python floats.
-    work : pair of ndarrays, same shape and dtype as ``param``, optional
-        Scratch space; without it two temporaries are allocated.
 
     Notes
     -----
@@ -166,7 +160,7 @@ class RMSprop(Optimizer):
     Parameters
     ----------
     params : iterable
-        Parameters, ``(name, Parameter)`` pairs or param-group dicts (see :class:`Optimizer`).
+        As :class:`~numpymnv2.optim.Optimizer`.
     lr : float
         η >= 0. The paper starts at 0.045 (batch 96 per worker, 16 workers).
     alpha : float

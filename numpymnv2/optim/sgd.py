@@ -16,10 +16,9 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray 
 
     Parameters
     ----------
-    param : ndarray, any shape
-        θ, overwritten with the updated value.
-    grad : ndarray, same shape and dtype as ``param``
-        g = dL/dθ; read only.
+    param, grad, work
+        θ (overwritten), g = dL/dθ (read only) and scratch space, as in the conventions of
+        :mod:`numpymnv2.optim.optimizer`.
     momentum_buffer : ndarray, same shape and dtype, or None
         b, overwritten; needed when ``momentum != 0``.
     lr, momentum, dampening, weight_decay : float
@@ -28,8 +27,6 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray 
         Use the Nesterov form of the momentum.
     first_step : bool
         True on the buffer's first update: it then starts as ``d`` itself (PyTorch's convention).
-    work : pair of ndarrays, same shape and dtype as ``param``, optional
-        Scratch space; without it two temporaries are allocated.
 
     Notes
     -----
@@ -78,7 +75,7 @@ class SGD(Optimizer):
     Parameters
     ----------
     params : iterable
-        Parameters, ``(name, Parameter)`` pairs or param-group dicts (see :class:`Optimizer`).
+        As :class:`~numpymnv2.optim.Optimizer`.
     lr : float
         η, the learning rate (>= 0).
     momentum : float

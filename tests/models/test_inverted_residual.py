@@ -3,22 +3,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import randomize_bn
 
 from numpymnv2 import gradcheck
 from numpymnv2.models import InvertedResidual
 from numpymnv2.nn import BatchNorm2d, ConvBNAct, DepthwiseConv2d, PointwiseConv2d
-
-
-def randomize_bn(module, rng):
-    """Non-trivial BatchNorm parameters and running statistics, so every term of the gradient is exercised."""
-    for name, p in module.named_parameters():
-        if p.data.ndim == 1:
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else rng.uniform(-.3, .3, p.shape)
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b[...] = rng.uniform(-0.2, 0.2, b.shape)
-        elif name.endswith("running_var"):
-            b[...] = rng.uniform(0.5, 1.5, b.shape)
 
 
 # (inp, oup, stride, expand_ratio) of each kind of block

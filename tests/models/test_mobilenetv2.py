@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import randomize_bn
 
 from numpymnv2 import gradcheck, softmax_cross_entropy
 from numpymnv2.models import (CIFAR_SETTING, InvertedResidual, MobileNetV2, fold_batchnorm, load_weights,
                               read_weights, save_weights)
 
 TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-
-
-def randomize_bn(module, rng):
-    for name, p in module.named_parameters():
-        if p.data.ndim == 1 and not name.startswith("classifier"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else rng.uniform(-.3, .3, p.shape)
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b[...] = rng.uniform(-0.2, 0.2, b.shape)
-        elif name.endswith("running_var"):
-            b[...] = rng.uniform(0.5, 1.5, b.shape)
 
 
 def torchvision_keys():

@@ -6,18 +6,9 @@ from hypothesis import strategies as st
 
 from numpymnv2.nn import (BatchNorm2d, BatchNormAct2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout, GlobalAvgPool2d,
                           Linear, PointwiseConv2d, ReLU, ReLU6, Sequential)
-from strategies import away_from_kinks, check_grads, nhwc_shapes
+from strategies import away_from_kinks, check_grads, nhwc_shapes, randomize_bn
 
 F64 = "float64"
-
-
-def randomize_bn(bn, seed=0):
-    rng = np.random.default_rng(seed)
-    bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.weight.shape)
-    bn.bias.data[...] = rng.uniform(-0.3, 0.3, bn.bias.shape)
-    bn.running_mean[...] = rng.uniform(-0.3, 0.3, bn.running_mean.shape)
-    bn.running_var[...] = rng.uniform(0.5, 1.5, bn.running_var.shape)
-    return bn
 
 
 # name -> (factory(dtype), input shape); the input is uniform in [-1, 1] (x 8 and off the kinks for ReLU6)

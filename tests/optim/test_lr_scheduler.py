@@ -1,5 +1,4 @@
 """Learning-rate schedules: closed forms, torch's sequences, resume from state_dict, errors."""
-import io
 import math
 import warnings
 
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import npz_round_trip
 
 from numpymnv2 import optim
 from numpymnv2.nn.module import Parameter
@@ -123,14 +123,6 @@ def test_matches_torch_lr_sequence(ours, theirs):
 
 
 # -- state_dict -----------------------------------------------------------------------------------------
-def _npz_round_trip(state):
-    buf = io.BytesIO()
-    np.savez(buf, **state)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
 @pytest.mark.parametrize("make", [p[0] for p in PAIRS.values()], ids=PAIRS.keys())
 @settings(deadline=None, max_examples=10)
 @given(stop=st.integers(0, 12))
@@ -139,8 +131,8 @@ def test_resume_gives_identical_lrs(make, stop):
     first = make(make_opt())
     for _ in range(stop):
         first.step()
-    opt_state = _npz_round_trip(first.optimizer.state_dict())
-    sched_state = _npz_round_trip(first.state_dict())
+    opt_state = npz_round_trip(first.optimizer.state_dict())
+    sched_state = npz_round_trip(first.state_dict())
     opt2 = make_opt([1.0, 1.0])                  # different lrs: everything comes from the checkpoint
     opt2.load_state_dict(opt_state)
     resumed = make(opt2)

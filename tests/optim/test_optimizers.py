@@ -1,11 +1,11 @@
 """Optimizer properties that need no torch: convergence, dtype, in-place updates, groups, state_dict, errors."""
-import io
 import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import npz_round_trip
 
 from numpymnv2 import optim
 from numpymnv2.nn.module import Module, Parameter
@@ -233,14 +233,6 @@ def test_lr_set_per_group_is_used():
 
 
 # -- state_dict -----------------------------------------------------------------------------------------
-def _npz_round_trip(state):
-    buf = io.BytesIO()
-    np.savez(buf, **state)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
 @configs
 @settings(deadline=None, max_examples=10)
 @given(steps_before=st.integers(0, 4), steps_after=st.integers(1, 4), seed=st.integers(0, 1000))
@@ -264,7 +256,7 @@ def test_resume_from_state_dict_is_bit_identical(make, steps_before, steps_after
     for k in range(steps_before):
         feed(first, k)
         opt1.step()
-    saved = _npz_round_trip(opt1.state_dict())
+    saved = npz_round_trip(opt1.state_dict())
     resumed = [Parameter(p.data.copy()) for p in first]
     opt2 = make(resumed)
     opt2.load_state_dict(saved)
