@@ -110,6 +110,20 @@ def scratch():
                 os.environ["NUMPYMNV2_DATA"] = before
 
 
+def _plain_png(path, history, title=""):
+    """The curves file without matplotlib's drawing, which dominates a tiny run's time (figures are tested in
+    tests/train; here only that the file appears)."""
+    from numpymnv2.train.atomic import atomic_write
+    return atomic_write(path, lambda f: f.write(b"\x89PNG\r\n\x1a\n"))
+
+
+@contextlib.contextmanager
+def quick_curves():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("numpymnv2.train.trainer.plot_curves", _plain_png)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished one-epoch run of a width-0.1 MobileNetV2 on 32 digits (tests copy what they modify)."""

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_TRAIN, assert_clean_failure, examples, run_cli, scratch, snapshot
+from conftest import TINY_TRAIN, assert_clean_failure, examples, quick_curves, run_cli, scratch, snapshot
 from numpymnv2._memory import InsufficientMemoryError
 from numpymnv2.cli import COMMANDS, main
 
@@ -90,17 +90,10 @@ TRAIN = {
 }
 
 
-def _plain_png(path, history, title=""):
-    """The curves file without matplotlib's drawing, which dominates a tiny run (the figure is not under test)."""
-    from numpymnv2.train.atomic import atomic_write
-    return atomic_write(path, lambda f: f.write(b"\x89PNG\r\n\x1a\n"))
-
-
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=SLOW_OK)
 @given(extra=options(TRAIN))
 def test_train(inputs, extra):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("numpymnv2.train.trainer.plot_curves", _plain_png)
+    with quick_curves():
         check(["train", *TINY_TRAIN, *extra], inputs)
 
 
@@ -158,7 +151,7 @@ GRADCHECK = {
 }
 
 
-@settings(max_examples=examples(30), deadline=None, suppress_health_check=SLOW_OK)
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=SLOW_OK)
 @given(target=st.sampled_from(GRADCHECK_TARGETS), extra=options(GRADCHECK))
 def test_gradcheck(inputs, target, extra):
     outcome = check(["gradcheck", target, "--max-coords", "2", *extra], inputs)
@@ -173,7 +166,7 @@ RELU_MANIFOLD = {"--dims": ["2", "3", "0", "-1", "x", "100000000"], "--points": 
                  "--seed": ["0", "-1", "x"], "--tol": FLOATS, "--radius": FLOATS, "--out": OUTS}
 
 
-@settings(max_examples=examples(20), deadline=None, suppress_health_check=SLOW_OK)
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=SLOW_OK)
 @given(extra=options(RELU_MANIFOLD))
 def test_relu_manifold(inputs, extra):
     check(["relu-manifold", "--points", "20", "--trials", "1", "--dims", "2", "3", "--out", "out", *extra], inputs)

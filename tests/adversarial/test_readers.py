@@ -17,7 +17,7 @@ from numpymnv2.data import load_dataset, read_cifar_batch, read_idx
 from numpymnv2.data.images import read_image
 from numpymnv2.models import MobileNetV2
 from numpymnv2.models.io import load_weights, save_weights
-from numpymnv2.train.checkpoint import CheckpointError, load_checkpoint
+from numpymnv2.train.checkpoint import CheckpointError
 from numpymnv2.train.inference import load_trained_model
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
