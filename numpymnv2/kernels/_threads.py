@@ -15,7 +15,7 @@ What :func:`configure` does (each step skipped when the user already decided)
 1. Numba threading layer ``"workqueue"``: its workers sleep on a condition variable instead of spinning, so
    they leave the cores to BLAS as soon as a kernel ends. Skipped when ``NUMBA_THREADING_LAYER`` is set or
    Numba's pool already started. The workqueue layer must not be entered by two Python threads at once, so
-   every kernel launch of this package holds :data:`LAUNCH_LOCK`.
+   every parallel kernel launch of this package holds a lock (:data:`numpymnv2.kernels._launch.LAUNCH_LOCK`).
 2. NumPy's BLAS is left with its own thread count. Limiting OpenBLAS to one thread keeps its workers from
    spinning while a Numba kernel runs, and that pays on a machine whose cores are busy with other work, but it
    halves the pointwise convolutions, where nearly all the multiply-adds are. Measured on the 2-core machine
@@ -29,64 +29,11 @@ effect). :func:`info` reports what was decided.
 """
 from __future__ import annotations
 
-import functools
 import os
-import threading
-import types
 
 import numba
-from numba import njit
 
-LAUNCH_LOCK = threading.Lock()
 _decisions: dict = {}
-
-
-# Below this many elements of work a kernel runs serially in the calling thread: waking the pool costs more
-# than it saves, and on a loaded machine a parallel launch waits for a worker that may not be scheduled.
-# Measured on the 2-core machine (quiet, workqueue layer, float32): a parallel launch costs about 0.07 ms more
-# than a serial call, so the parallel copy of a depthwise kernel only breaks even near 4-5 million
-# multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
-# passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). The earlier 2^17
-# made every small layer of a batch-32, 32x32 step 2-3x slower than serial.
-PARALLEL_MIN_WORK = 1 << 22
-
-
-def num_chunks(rows: int, work: int) -> int:
-    """How many per-thread partial sums a reduction over ``rows`` rows keeps: 1 for serial work, else Numba's
-    thread count (at most ``rows``)."""
-    if work < PARALLEL_MIN_WORK:
-        return 1
-    return max(1, min(numba.get_num_threads(), rows))
-
-
-class Kernel:
-    """A kernel compiled twice, ``parallel=True`` and serial; :meth:`pick` chooses by the amount of work.
-
-    The serial copy gets its own qualified name so the two do not share an on-disk cache entry (Numba's cache
-    key is the function's name and bytecode, not its compile flags).
-    """
-
-    def __init__(self, py_func, **options):
-        clone = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
-                                   py_func.__defaults__, py_func.__closure__)
-        clone.__qualname__ = py_func.__qualname__ + "_serial"
-        clone.__module__ = py_func.__module__
-        clone.__doc__ = py_func.__doc__
-        self.parallel = njit(cache=True, parallel=True, **options)(py_func)
-        self.serial = njit(cache=True, **options)(clone)
-        functools.update_wrapper(self, py_func)
-
-    def pick(self, work: int):
-        """The parallel kernel for at least :data:`PARALLEL_MIN_WORK` elements of work, else the serial one."""
-        return self.parallel if work >= PARALLEL_MIN_WORK else self.serial
-
-
-def kernel(py_func=None, **options):
-    """Decorator, ``@kernel`` or ``@kernel(fastmath=...)``: compile as a :class:`Kernel` (parallel and serial,
-    both cached, with the given Numba options)."""
-    if py_func is None:
-        return lambda f: Kernel(f, **options)
-    return Kernel(py_func, **options)
 
 
 def _numba_pool_started() -> bool:
@@ -135,14 +82,3 @@ def info() -> dict:
     if _numba_pool_started():
         out["numba_threading_layer_running"] = numba.threading_layer()
     return out
-
-
-def serialized(function):
-    """Run ``function`` holding :data:`LAUNCH_LOCK` (one kernel launch at a time, as the workqueue layer needs)."""
-    import functools
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with LAUNCH_LOCK:
-            return function(*args, **kwargs)
-    return wrapper

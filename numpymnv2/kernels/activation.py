@@ -1,50 +1,106 @@
-"""ReLU6, Numba kernels with the contract of :mod:`numpymnv2.functional.activation`."""
+"""ReLU6 (and the activation step of the fused BatchNorm kernels), with the contract of
+:mod:`numpymnv2.functional.activation`.
+
+The kernels name an activation by an integer code, one of the constants below; :data:`ACTIVATION_CODES` maps
+the names the layers use to them.
+"""
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit
 
 from numpymnv2.functional.activation import ActivationCache
-from numpymnv2.kernels._threads import kernel, serialized
+from numpymnv2.kernels._launch import parallel_rows
+
+ACT_NONE = 0     # identity (the linear bottleneck)
+ACT_RELU6 = 1    # min(max(z, 0), 6)
+ACT_RELU = 2     # max(z, 0)
+ACTIVATION_CODES = {None: ACT_NONE, "relu6": ACT_RELU6, "relu": ACT_RELU}
+
+BLOCK = 16384    # elements of the raveled array per row of the ReLU6 kernels
 
 
-@kernel
-def _relu6(x, y):
-    # y = min(max(x, 0), 6), over the raveled (contiguous) arrays in blocks
-    n = x.shape[0]
-    block = 16384
-    for k in prange((n + block - 1) // block):
-        for i in range(k * block, min(n, (k + 1) * block)):
-            y[i] = min(max(x[i], 0), 6)
+@njit(cache=True, inline="always")
+def activation(z, act):
+    """``act(z)`` for the code ``act``: ``min(max(z, 0), 6)``, ``max(z, 0)`` or ``z``."""
+    if act == ACT_RELU6:
+        return min(max(z, 0), 6)
+    if act == ACT_RELU:
+        return max(z, 0)
+    return z
 
 
-@kernel
-def _relu6_grad(dy, x, dx):
-    # dx = dy [0 < x < 6]
-    n = x.shape[0]
-    block = 16384
-    for k in prange((n + block - 1) // block):
-        for i in range(k * block, min(n, (k + 1) * block)):
-            v = x[i]
-            dx[i] = dy[i] if (v > 0 and v < 6) else 0 * dy[i]
+@njit(cache=True, inline="always")
+def activation_grad(g, z, act):
+    """``g act'(z)``: ReLU6 passes ``g`` on the open interval ``0 < z < 6``, ReLU on ``z > 0``, identity always.
+
+    A blocked gradient is ``0 * g`` rather than 0, so a NaN in ``g`` stays NaN, as in the reference.
+    """
+    if act == ACT_RELU6:
+        return g if (z > 0 and z < 6) else 0 * g
+    if act == ACT_RELU:
+        return g if z > 0 else 0 * g
+    return g
 
 
-@serialized
+@njit(cache=True, inline="always")
+def _relu6_row(inputs, r):
+    """``y[k] = min(max(x[k], 0), 6)`` for the elements ``k`` of block ``r`` of the raveled arrays."""
+    x, y = inputs
+    for k in range(r * BLOCK, min(x.shape[0], (r + 1) * BLOCK)):
+        y[k] = activation(x[k], ACT_RELU6)
+
+
+@njit(cache=True, inline="always")
+def _relu6_grad_row(inputs, r):
+    """``dx[k] = dy[k] [0 < x[k] < 6]`` for the elements ``k`` of block ``r`` of the raveled arrays."""
+    dy, x, dx = inputs
+    for k in range(r * BLOCK, min(x.shape[0], (r + 1) * BLOCK)):
+        dx[k] = activation_grad(dy[k], x[k], ACT_RELU6)
+
+
+_relu6 = parallel_rows(_relu6_row)
+_relu6_grad = parallel_rows(_relu6_grad_row)
+
+
+def _blocks(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK
+
+
 def relu6_forward(x: np.ndarray):
-    """``y = min(max(x, 0), 6)``; same contract as :func:`numpymnv2.functional.activation.relu6_forward`."""
+    """``y = min(max(x, 0), 6)``; same contract as :func:`numpymnv2.functional.activation.relu6_forward`.
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    cache : ActivationCache
+    """
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    _relu6.pick(x.size)(x.reshape(-1), y.reshape(-1))
+    _relu6(x.size, _blocks(x.size), (x.reshape(-1), y.reshape(-1)))
     return y, ActivationCache(x)
 
 
-@serialized
 def relu6_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """``dL/dx = dy * [0 < x < 6]``; see :func:`numpymnv2.functional.activation.relu6_backward`."""
+    """``dL/dx = dy [0 < x < 6]``; see :func:`numpymnv2.functional.activation.relu6_backward`.
+
+    Parameters
+    ----------
+    dy : ndarray, shape of the forward input
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of the forward input
+    """
     x = cache.x
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dx = np.empty_like(x)
-    _relu6_grad.pick(x.size)(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    _relu6_grad(x.size, _blocks(x.size), (dy.reshape(-1), x.reshape(-1), dx.reshape(-1)))
     return dx
 
 

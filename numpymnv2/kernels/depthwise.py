@@ -20,7 +20,11 @@ from numba import njit, prange
 
 from numpymnv2._checks import conv_output_size
 from numpymnv2.functional.depthwise import DepthwiseCache
-from numpymnv2.kernels._threads import kernel, num_chunks, serialized
+from numpymnv2.kernels._launch import Kernel, num_chunks
+
+
+def _compiled(py_func):
+    return Kernel(py_func, py_func.__name__, fastmath={"contract"})
 
 
 @njit(cache=True)
@@ -56,7 +60,7 @@ def _end_valid(size, p, b, s, size_out):
     return min(size_out, t // s + 1)
 
 
-@kernel(fastmath={"contract"})
+@_compiled
 def _depthwise_forward(x, w, s, p, out):
     # out[n, i, j, c] = sum_{a, b} w[a, b, c] * x[n, s i - p + a, s j - p + b, c]   (taps inside the image)
     N, H, W, C = x.shape
@@ -154,7 +158,7 @@ def _depthwise_forward(x, w, s, p, out):
                         out[n, i, j, c] += w[a, b, c] * x[n, h0 + a, w0 + b, c]
 
 
-@kernel(fastmath={"contract"})
+@_compiled
 def _depthwise_backward_input(dout, w, s, p, dx):
     # dL/dx[n, h, v, c] = sum over taps (a, b) with h = s i - p + a, v = s j - p + b of dout[n, i, j, c] w[a, b, c]
     # (a gather: each input pixel collects from the outputs that read it, so no two threads write one pixel)
@@ -255,7 +259,7 @@ def _depthwise_backward_input(dout, w, s, p, dx):
                         dx[n, h, v, c] += dout[n, i, j, c] * w[a, b, c]
 
 
-@kernel(fastmath={"contract"})
+@_compiled
 def _depthwise_backward_weight(x, dout, K, s, p, partial):
     # dL/dw[a, b, c] = sum_{n, i, j} dout[n, i, j, c] * x[n, s i - p + a, s j - p + b, c]
     # partial[t] is thread t's sum over its block of output rows, in float64.
@@ -344,7 +348,6 @@ def _depthwise_backward_weight(x, dout, K, s, p, partial):
                             row_sum[a, b, c] = 0
 
 
-@serialized
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 1):
     """Depthwise convolution (groups = channels), no bias; the fast path of
     :func:`numpymnv2.functional.depthwise.depthwise_conv2d_forward` (same arguments, results and cache).
@@ -371,11 +374,10 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padd
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     out = np.empty((N, H_out, W_out, C), dtype=x.dtype)
-    _depthwise_forward.pick(out.size * K * K)(x, w, s, p, out)
+    _depthwise_forward(out.size * K * K, x, w, s, p, out)
     return out, DepthwiseCache(x, w, s, p)
 
 
-@serialized
 def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
     """Gradients of :func:`depthwise_conv2d_forward`; see
     :func:`numpymnv2.functional.depthwise.depthwise_conv2d_backward` for the equations.
@@ -399,11 +401,11 @@ def depthwise_conv2d_backward(dout: np.ndarray, cache: DepthwiseCache):
         # stride 1: dx is the forward convolution of dout, padded by K - 1 - p, with the flipped filter (the
         # same nine-tap sums in the same order as _depthwise_backward_input), which takes the forward kernel's
         # four-pixel blocks
-        _depthwise_forward.pick(work)(dout, np.ascontiguousarray(w[::-1, ::-1]), 1, K - 1 - p, dx)
+        _depthwise_forward(work, dout, np.ascontiguousarray(w[::-1, ::-1]), 1, K - 1 - p, dx)
     else:
-        _depthwise_backward_input.pick(work)(dout, w, s, p, dx)
+        _depthwise_backward_input(work, dout, w, s, p, dx)
     partial = np.zeros((num_chunks(dout.shape[0] * dout.shape[1], work), K, K, x.shape[3]), dtype=np.float64)
-    _depthwise_backward_weight.pick(work)(x, dout, K, s, p, partial)
+    _depthwise_backward_weight(work, x, dout, K, s, p, partial)
     dw = partial.sum(axis=0).astype(x.dtype)
     return dx, dw
 

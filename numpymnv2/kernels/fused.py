@@ -10,11 +10,10 @@ import numpy as np
 
 from numpymnv2.functional.batchnorm import BatchNormCache
 from numpymnv2.functional.fused import BNActCache
-from numpymnv2.kernels._threads import serialized
-from numpymnv2.kernels.batchnorm import ACT_CODES, bn_act_backward, bn_act_forward
+from numpymnv2.kernels.activation import ACTIVATION_CODES
+from numpymnv2.kernels.batchnorm import bn_act_backward, bn_act_forward
 
 
-@serialized
 def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                           running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
                           activation: str | None = None, residual: np.ndarray | None = None):
@@ -36,17 +35,16 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     out : ndarray, shape (N, H, W, C)
     cache : BNActCache
     """
-    if activation not in ACT_CODES:
+    if activation not in ACTIVATION_CODES:
         raise ValueError(f"batchnorm_act: activation must be one of ['relu', 'relu6'] or None, got {activation!r}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batchnorm_act: residual has shape {residual.shape}, expected {x.shape}")
     y, x_hat, inv_std = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                                       ACT_CODES[activation], residual)
+                                       ACTIVATION_CODES[activation], residual)
     return y, BNActCache(BatchNormCache(x_hat, inv_std, gamma, bool(training)), beta, activation,
                          residual is not None)
 
 
-@serialized
 def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
     """Gradients of :func:`batchnorm_act_forward`; see
     :func:`numpymnv2.functional.fused.batchnorm_act_backward`.
@@ -64,7 +62,7 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
     """
     bn, beta, activation, has_residual = cache
     dx, dgamma, dbeta = bn_act_backward(dout, bn.x_hat, bn.inv_std, bn.gamma, beta, bn.training,
-                                        ACT_CODES[activation])
+                                        ACTIVATION_CODES[activation])
     # forward was: out = y + residual
     return dx, dgamma, dbeta, (dout if has_residual else None)
 

@@ -1,21 +1,14 @@
-"""BatchNorm and fused BatchNorm + activation (+ residual) kernels equal the reference, train and eval."""
+"""BatchNorm and fused BatchNorm + activation (+ residual) kernels equal the reference, train and eval, on both
+kernel copies, also for constant channels, activation kinks and more threads than rows."""
 import numpy as np
 import pytest
-from kernel_settings import MAX_BATCH, MAX_CHANNELS, MAX_SIDE
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_settings import COPIES, MAX_BATCH, MAX_CHANNELS, MAX_SIDE, assert_close, kernel_copy
 
 from numpymnv2 import functional as F
-from numpymnv2 import kernels as K
-
-TOL = {np.float64: 1e-12, np.float32: 2e-5}
-
-
-def assert_close(fast, ref, dtype):
-    assert fast.dtype == ref.dtype == np.dtype(dtype)
-    assert fast.shape == ref.shape
-    scale = max(1.0, float(np.abs(ref).max(initial=0)))
-    np.testing.assert_allclose(fast, ref, rtol=0, atol=TOL[dtype] * scale)
+from numpymnv2.kernels import batchnorm as B
+from numpymnv2.kernels import fused
 
 
 @st.composite
@@ -26,7 +19,8 @@ def bn_cases(draw):
     if training and shape[0] * shape[1] * shape[2] < 2:
         shape = (2,) + shape[1:]
     return (shape, training, draw(st.sampled_from([np.float64, np.float32])),
-            draw(st.sampled_from([None, "relu6", "relu"])), draw(st.booleans()), draw(st.integers(0, 2**32 - 1)))
+            draw(st.sampled_from([None, "relu6", "relu"])), draw(st.booleans()), draw(st.sampled_from(COPIES)),
+            draw(st.integers(0, 2**32 - 1)))
 
 
 def _inputs(shape, dtype, seed):
@@ -42,44 +36,97 @@ def _inputs(shape, dtype, seed):
     return rng, x, gamma, beta, running_mean, running_var
 
 
+def _check_fused(x, gamma, beta, rm, rv, training, activation, residual, dout, copy, eps=1e-5):
+    """The fused kernel's output, running statistics, cache and gradients against the reference."""
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    out_ref, cache_ref = F.batchnorm_act_forward(x, gamma, beta, rm_ref, rv_ref, training, 0.1, eps, activation,
+                                                 residual)
+    with kernel_copy(copy):
+        out, cache = fused.batchnorm_act_forward(x, gamma, beta, rm, rv, training, 0.1, eps, activation, residual)
+        grads = fused.batchnorm_act_backward(dout, cache)
+    assert_close(out, out_ref)
+    assert_close(rm, rm_ref)
+    assert_close(rv, rv_ref)
+    assert type(cache) is type(cache_ref) and type(cache.bn) is type(cache_ref.bn)
+    assert (cache.activation, cache.has_residual, cache.bn.training) == (activation, residual is not None, training)
+    assert_close(cache.bn.x_hat, cache_ref.bn.x_hat)
+    grads_ref = F.batchnorm_act_backward(dout, cache_ref)
+    for a, b in zip(grads[:3], grads_ref[:3]):
+        assert_close(a, b)
+    if residual is None:
+        assert grads[3] is None and grads_ref[3] is None
+    else:
+        assert_close(grads[3], grads_ref[3])
+
+
 @given(bn_cases())
 def test_batchnorm_act_matches_reference(case):
-    shape, training, dtype, activation, with_residual, seed = case
+    shape, training, dtype, activation, with_residual, copy, seed = case
     rng, x, gamma, beta, rm, rv = _inputs(shape, dtype, seed)
     residual = rng.standard_normal(shape).astype(dtype) if with_residual else None
-    rm_ref, rv_ref = rm.copy(), rv.copy()
-    out_ref, cache_ref = F.batchnorm_act_forward(x, gamma, beta, rm_ref, rv_ref, training, 0.1, 1e-5, activation,
-                                                 residual)
-    out, cache = K.batchnorm_act_forward(x, gamma, beta, rm, rv, training, 0.1, 1e-5, activation, residual)
-    assert_close(out, out_ref, dtype)
-    assert_close(rm, rm_ref, dtype)
-    assert_close(rv, rv_ref, dtype)
-    assert type(cache) is type(cache_ref) and type(cache.bn) is type(cache_ref.bn)
-    assert (cache.activation, cache.has_residual, cache.bn.training) == (activation, with_residual, training)
     dout = rng.standard_normal(shape).astype(dtype)
-    fast, ref = K.batchnorm_act_backward(dout, cache), F.batchnorm_act_backward(dout, cache_ref)
-    for a, b in zip(fast[:3], ref[:3]):
-        assert_close(a, b, dtype)
-    if with_residual:
-        assert_close(fast[3], ref[3], dtype)
-    else:
-        assert fast[3] is None and ref[3] is None
+    _check_fused(x, gamma, beta, rm, rv, training, activation, residual, dout, copy)
 
 
 @given(bn_cases())
 def test_batchnorm_matches_reference(case):
-    shape, training, dtype, _, _, seed = case
+    shape, training, dtype, _, _, copy, seed = case
     rng, x, gamma, beta, rm, rv = _inputs(shape, dtype, seed)
     rm_ref, rv_ref = rm.copy(), rv.copy()
+    dy = rng.standard_normal(shape).astype(dtype)
     out_ref, cache_ref = F.batchnorm_forward(x, gamma, beta, rm_ref, rv_ref, training, 0.1, 1e-5)
-    out, cache = K.batchnorm_forward(x, gamma, beta, rm, rv, training, 0.1, 1e-5)
+    with kernel_copy(copy):
+        out, cache = B.batchnorm_forward(x, gamma, beta, rm, rv, training, 0.1, 1e-5)
+        grads = B.batchnorm_backward(dy, cache)
     assert_close(out, out_ref, dtype)
     assert_close(rm, rm_ref, dtype)
     assert_close(rv, rv_ref, dtype)
     assert_close(cache.x_hat, cache_ref.x_hat, dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    for a, b in zip(K.batchnorm_backward(dy, cache), F.batchnorm_backward(dy, cache_ref)):
+    assert type(cache) is type(cache_ref) and cache.training == training
+    for a, b in zip(grads, F.batchnorm_backward(dy, cache_ref)):
         assert_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("copy", COPIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu6", "relu"])
+def test_constant_channel_has_zero_variance(copy, dtype, activation):
+    # a constant channel (variance exactly 0: x_hat = 0, inv_std = 1 / sqrt(eps)) beside varying ones; the output
+    # of the constant channel is act(beta), and its input gradient is the reference's
+    rng, x, gamma, beta, rm, rv = _inputs((2, 3, 4, 3), dtype, 5)
+    x[..., 1] = dtype(2.5)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    for training in (True, False):
+        _check_fused(x, gamma, beta, rm.copy(), rv.copy(), training, activation, None, dout, copy)
+    out, cache = B.batchnorm_forward(x, gamma, beta, rm, rv, True)
+    np.testing.assert_array_equal(cache.x_hat[..., 1], 0)
+    np.testing.assert_array_equal(out[..., 1], beta[1])
+
+
+@pytest.mark.parametrize("copy", COPIES)
+@pytest.mark.parametrize("activation", ["relu6", "relu"])
+def test_activation_kinks_pass_no_gradient(copy, activation):
+    # eval mode with mean 0, variance 1, eps 0, gamma 1 and beta 0 makes the pre-activation exactly x, so x
+    # lands exactly on the kinks; there the gradient is 0 (PyTorch's convention), as in the reference
+    x = np.array([-1.0, 0.0, 3.0, 6.0, 7.0, 0.5]).reshape(1, 2, 3, 1)
+    ones, zeros = np.ones(1), np.zeros(1)
+    _check_fused(x, ones, zeros, zeros.copy(), ones.copy(), False, activation, x.copy(), np.ones_like(x), copy,
+                 eps=0.0)
+    with kernel_copy(copy):
+        out, cache = fused.batchnorm_act_forward(x, ones, zeros, zeros.copy(), ones.copy(), False, 0.1, 0.0,
+                                                 activation)
+        dx = fused.batchnorm_act_backward(np.ones_like(x), cache)[0]
+    expected_out = {"relu6": [0, 0, 3, 6, 6, 0.5], "relu": [0, 0, 3, 6, 7, 0.5]}[activation]
+    expected_dx = {"relu6": [0, 0, 1, 0, 0, 1], "relu": [0, 0, 1, 1, 1, 1]}[activation]
+    np.testing.assert_array_equal(out.ravel(), expected_out)
+    np.testing.assert_array_equal(dx.ravel(), expected_dx)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_more_threads_than_rows(training):
+    # N * H = 1 row: the parallel copy keeps one partial sum per row (numpymnv2.kernels._launch.num_chunks)
+    rng, x, gamma, beta, rm, rv = _inputs((1, 1, 7, 4), np.float64, 2)
+    _check_fused(x, gamma, beta, rm, rv, training, "relu6", x.copy(), rng.standard_normal(x.shape), "parallel")
 
 
 def test_large_mean_keeps_variance_accurate():
@@ -88,7 +135,7 @@ def test_large_mean_keeps_variance_accurate():
     x = (1e4 + rng.standard_normal((4, 5, 5, 3))).astype(np.float64)
     args = (np.ones(3), np.zeros(3))
     out_ref, _ = F.batchnorm_forward(x, *args, np.zeros(3), np.ones(3), True)
-    out, _ = K.batchnorm_forward(x, *args, np.zeros(3), np.ones(3), True)
+    out, _ = B.batchnorm_forward(x, *args, np.zeros(3), np.ones(3), True)
     np.testing.assert_allclose(out, out_ref, atol=1e-9)
 
 
@@ -96,8 +143,8 @@ def test_fused_rejects_bad_arguments():
     x = np.zeros((2, 2, 2, 3))
     p = np.ones(3)
     with pytest.raises(ValueError, match="activation"):
-        K.batchnorm_act_forward(x, p, p, p.copy(), p.copy(), True, activation="tanh")
+        fused.batchnorm_act_forward(x, p, p, p.copy(), p.copy(), True, activation="tanh")
     with pytest.raises(ValueError, match="residual"):
-        K.batchnorm_act_forward(x, p, p, p.copy(), p.copy(), True, residual=np.zeros((2, 2, 2, 4)))
+        fused.batchnorm_act_forward(x, p, p, p.copy(), p.copy(), True, residual=np.zeros((2, 2, 2, 4)))
     with pytest.raises(ValueError, match="more than one value"):
-        K.batchnorm_act_forward(np.zeros((1, 1, 1, 3)), p, p, p.copy(), p.copy(), True)
+        fused.batchnorm_act_forward(np.zeros((1, 1, 1, 3)), p, p, p.copy(), p.copy(), True)

@@ -1,14 +1,12 @@
-"""The thread-pool settings are applied and kernels can be called from several Python threads at once."""
+"""The thread-pool settings of numpymnv2.kernels._threads: in a fresh process, and each decision of
+configure() in this one."""
 import os
 import subprocess
 import sys
-import threading
 
-import numpy as np
+import numba
 import pytest
 
-from numpymnv2 import functional as F
-from numpymnv2 import kernels as K
 from numpymnv2.kernels import _threads
 
 
@@ -42,53 +40,73 @@ def test_blas_threads_limited_on_request():
     assert blas == "1" and threads == "1"
 
 
-def test_kernels_from_several_python_threads():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 6, 8))
-    w = rng.standard_normal((3, 3, 8))
-    expected, _ = F.depthwise_conv2d_forward(x, w, 1, 1)
-    errors = []
-
-    def work():
-        try:
-            for _ in range(20):
-                out, cache = K.depthwise_conv2d_forward(x, w, 1, 1)
-                K.depthwise_conv2d_backward(out, cache)
-                np.testing.assert_allclose(out, expected, atol=1e-12)
-        except Exception as exc:  # reported below, a thread cannot fail the test by itself
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+@pytest.fixture
+def fresh_configure(monkeypatch):
+    """configure() as in a process that has not decided anything yet, its effects undone afterwards."""
+    for name in ("NUMPYMNV2_THREADING", "NUMBA_THREADING_LAYER", "NUMPYMNV2_BLAS_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_threads, "_decisions", {})
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", numba.config.THREADING_LAYER)
+    monkeypatch.setattr(_threads, "_numba_pool_started", lambda: False)
+    return monkeypatch
 
 
+def test_configure_chooses_workqueue_once(fresh_configure):
+    decisions = _threads.configure()
+    assert decisions == {"numba_threading_layer": "workqueue", "openblas_threads": "unchanged"}
+    assert numba.config.THREADING_LAYER == "workqueue"
+    assert _threads.configure() is decisions
 
-@pytest.mark.parametrize("min_work", [0, 1 << 62])
-def test_parallel_and_serial_copies_match_reference(monkeypatch, min_work):
-    # the threshold is far above the test shapes, so force each copy in turn (0: parallel, huge: serial)
-    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", min_work)
-    rng = np.random.default_rng(7)
-    for s in (1, 2):
-        x = rng.standard_normal((3, 7, 6, 20))
-        w = rng.standard_normal((3, 3, 20))
-        out, cache = K.depthwise_conv2d_forward(x, w, s, 1)
-        out_ref, cache_ref = F.depthwise_conv2d_forward(x, w, s, 1)
-        np.testing.assert_allclose(out, out_ref, rtol=0, atol=1e-12)
-        dout = rng.standard_normal(out.shape)
-        for a, b in zip(K.depthwise_conv2d_backward(dout, cache), F.depthwise_conv2d_backward(dout, cache_ref)):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
-    x = rng.standard_normal((3, 5, 4, 12)) * 2 + 1
-    g, b = rng.standard_normal(12), rng.standard_normal(12)
-    for training in (True, False):
-        rm, rv = np.zeros(12), np.ones(12)
-        out, cache = K.batchnorm_act_forward(x, g, b, rm, rv, training, 0.1, 1e-5, "relu6", x)
-        out_ref, cache_ref = F.batchnorm_act_forward(x, g, b, np.zeros(12), np.ones(12), training, 0.1, 1e-5,
-                                                     "relu6", x)
-        np.testing.assert_allclose(out, out_ref, rtol=0, atol=1e-12)
-        dout = rng.standard_normal(x.shape)
-        for a, r in zip(K.batchnorm_act_backward(dout, cache)[:3], F.batchnorm_act_backward(dout, cache_ref)[:3]):
-            np.testing.assert_allclose(a, r, rtol=0, atol=1e-11)
+
+def test_configure_respects_the_users_choices(fresh_configure):
+    fresh_configure.setenv("NUMPYMNV2_THREADING", "off")
+    assert _threads.configure() == {"numpymnv2_threading": "off (NUMPYMNV2_THREADING)"}
+    fresh_configure.setattr(_threads, "_decisions", {})
+    fresh_configure.delenv("NUMPYMNV2_THREADING")
+    fresh_configure.setenv("NUMBA_THREADING_LAYER", "omp")
+    assert _threads.configure()["numba_threading_layer"] == "omp (NUMBA_THREADING_LAYER)"
+    fresh_configure.setattr(_threads, "_decisions", {})
+    fresh_configure.delenv("NUMBA_THREADING_LAYER")
+    fresh_configure.setattr(_threads, "_numba_pool_started", lambda: True)
+    assert _threads.configure()["numba_threading_layer"] == "unchanged (Numba's pool was already running)"
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_configure_rejects_a_bad_blas_thread_count(fresh_configure, value):
+    fresh_configure.setenv("NUMPYMNV2_BLAS_THREADS", value)
+    with pytest.raises(ValueError, match=f"NUMPYMNV2_BLAS_THREADS: expected a positive integer, got '{value}'"):
+        _threads.configure()
+
+
+def test_configure_without_threadpoolctl(fresh_configure):
+    fresh_configure.setenv("NUMPYMNV2_BLAS_THREADS", "1")
+    fresh_configure.setitem(sys.modules, "threadpoolctl", None)     # import fails as if not installed
+    assert _threads.configure()["openblas_threads"] == "unchanged (threadpoolctl not installed)"
+
+
+def test_configure_limits_openblas(fresh_configure):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    openblas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
+    if not openblas.lib_controllers:
+        pytest.skip("NumPy does not use OpenBLAS here")
+    with openblas.limit(limits=openblas.info()[0]["num_threads"]):    # restores the count on exit
+        fresh_configure.setenv("NUMPYMNV2_BLAS_THREADS", "1")
+        assert _threads.configure()["openblas_threads"] == 1
+        assert {d["num_threads"] for d in openblas.info()} == {1}
+
+
+def test_configure_without_openblas(fresh_configure):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    class NoOpenBLAS:
+        lib_controllers = []
+
+    fresh_configure.setattr(threadpoolctl.ThreadpoolController, "select", lambda self, **kwargs: NoOpenBLAS())
+    fresh_configure.setenv("NUMPYMNV2_BLAS_THREADS", "2")
+    assert _threads.configure()["openblas_threads"] == "unchanged (no OpenBLAS loaded)"
+
+
+def test_info_reports_the_running_layer_once_the_pool_started(monkeypatch):
+    monkeypatch.setattr(_threads, "_numba_pool_started", lambda: True)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    assert _threads.info()["numba_threading_layer_running"] == "workqueue"

@@ -1,0 +1,164 @@
+"""How a kernel of this package runs: a row function, one of two parallel loops, and one launch.
+
+A kernel is written as a **row function**, a small ``@njit`` function that does the work of one row of a
+tensor (for an NHWC activation, the ``W x C`` values of one ``(n, h)``), plus one of two loops written once
+here:
+
+- :func:`parallel_rows` runs ``row(inputs, r)`` for every row ``r``, the rows shared among Numba's threads
+  (elementwise passes, the depthwise forward and input gradient: each row writes only its own output).
+- :func:`per_thread_sums` runs ``row(inputs, r, acc)``, which adds row ``r``'s contribution to a sum into
+  ``acc``; each thread sums one block of rows into its own ``acc`` (in the inputs' dtype) and adds it into its
+  own float64 slot ``partial[t]`` every ``rows_per_flush`` rows. The caller adds the slots
+  (``partial.sum(axis=0)``). This is the reduction of the BatchNorm statistics, of the BatchNorm parameter
+  gradients and of the depthwise weight gradient: no two threads write the same memory, and the float64
+  slots keep long sums of float32 values accurate.
+
+``inputs`` is a tuple of arrays and scalars that the row function unpacks by name. Row functions are declared
+``@njit(cache=True, inline="always")`` so that Numba compiles them into the loop: a call per row made the
+BatchNorm passes 5-40% slower on the short rows of a batch-32, 32x32 step (CPU time of the serial copies against
+the kernels they replaced).
+
+Each loop is compiled twice (:class:`Kernel`): ``parallel=True`` and serial. Calling the kernel,
+``kernel(work, rows, inputs[, partial])``, launches the serial copy in the calling thread for less than
+:data:`PARALLEL_MIN_WORK` elements of work, else the parallel copy while holding :data:`LAUNCH_LOCK`: Numba's
+workqueue threading layer (see :mod:`numpymnv2.kernels._threads`) aborts the process when two Python threads
+enter it at once, and since the lock is taken by the launch itself no public function can forget it.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import threading
+import types
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+LAUNCH_LOCK = threading.Lock()
+
+# Below this many elements of work a kernel runs serially in the calling thread: waking the pool costs more
+# than it saves, and on a loaded machine a parallel launch waits for a worker that may not be scheduled.
+# Measured on the 2-core machine (quiet, workqueue layer, float32): a parallel launch costs about 0.07 ms more
+# than a serial call, so the parallel copy of a depthwise kernel only breaks even near 4-5 million
+# multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
+# passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). 2^17 made every
+# small layer of a batch-32, 32x32 step 2-3x slower than serial.
+PARALLEL_MIN_WORK = 1 << 22
+
+
+def num_chunks(rows: int, work: int) -> int:
+    """How many per-thread partial sums a :func:`per_thread_sums` kernel over ``rows`` rows keeps: 1 when it
+    will run serially, else Numba's thread count (at most ``rows``)."""
+    if work < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+class Kernel:
+    """A loop compiled twice, ``parallel=True`` and serial; ``kernel(work, *args)`` launches one of them.
+
+    Parameters
+    ----------
+    py_func : function
+        The loop, with ``prange`` over the work that may run in parallel.
+    name : str
+        Its name in Numba's on-disk cache.
+    **options
+        More Numba options (``fastmath=...``).
+    """
+
+    def __init__(self, py_func, name: str, **options):
+        self.parallel = njit(cache=True, parallel=True, **options)(_renamed(py_func, name))
+        self.serial = njit(cache=True, **options)(_renamed(py_func, name + "_serial"))
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = py_func.__doc__
+
+    def __call__(self, work: int, *args):
+        """Run the serial copy for less than :data:`PARALLEL_MIN_WORK` elements of work, else the parallel copy
+        holding :data:`LAUNCH_LOCK`."""
+        if work < PARALLEL_MIN_WORK:
+            return self.serial(*args)
+        with LAUNCH_LOCK:
+            return self.parallel(*args)
+
+
+def _renamed(py_func, name: str, **globals_):
+    """A copy of ``py_func`` named ``name`` (and seeing ``globals_`` as extra module globals).
+
+    Numba's on-disk cache is keyed by the function's qualified name and bytecode, not by its compile flags or
+    the values of its globals, so every compiled copy needs a name of its own.
+    """
+    clone = types.FunctionType(py_func.__code__, {**py_func.__globals__, **globals_}, name, py_func.__defaults__,
+                               py_func.__closure__)
+    clone.__qualname__ = name
+    clone.__module__ = py_func.__module__
+    clone.__doc__ = py_func.__doc__
+    return clone
+
+
+# Numba checks a cached kernel only against the file its code comes from (this one), but a kernel built from a
+# skeleton below also contains its row function from another module; a digest of the package's kernel sources
+# in the kernel's name makes any edit of them compile afresh (edits leave the old cache files unused).
+_SOURCES_DIGEST = hashlib.sha1(b"".join(path.read_bytes() for path in
+                                        sorted(pathlib.Path(__file__).parent.glob("*.py")))).hexdigest()[:10]
+
+# The two skeletons refer to these globals; each kernel gets its own values (see _from_skeleton).
+row_function = None
+ROWS_PER_FLUSH = 1
+
+
+def _each_row(rows, inputs):
+    """``row_function(inputs, r)`` for ``r`` in ``range(rows)``, the rows shared among the threads."""
+    for r in prange(rows):
+        row_function(inputs, r)
+
+
+def _sum_rows(rows, inputs, partial):
+    """``partial[t] += sum of row_function(inputs, r, acc)`` over thread ``t``'s block of the ``rows`` rows.
+
+    ``acc`` is shaped like ``partial[t]`` in the dtype of ``inputs[0]``; it joins the float64 ``partial[t]``
+    every ``ROWS_PER_FLUSH`` rows and at the end of the block.
+    """
+    n_chunks = partial.shape[0]
+    for t in prange(n_chunks):
+        acc = np.zeros(partial.shape[1:], dtype=inputs[0].dtype)
+        # the flush as a loop over flat views: Numba's array expressions (partial[t] += acc) were 2x slower
+        acc_flat, partial_flat = acc.reshape(-1), partial[t].reshape(-1)
+        begin, end = t * rows // n_chunks, (t + 1) * rows // n_chunks
+        for r in range(begin, end):
+            row_function(inputs, r, acc)
+            if (r - begin) % ROWS_PER_FLUSH == ROWS_PER_FLUSH - 1 or r == end - 1:
+                for k in range(acc_flat.shape[0]):
+                    partial_flat[k] += acc_flat[k]
+                    acc_flat[k] = 0
+
+
+def _from_skeleton(skeleton, row, bind: dict, options: dict) -> Kernel:
+    py_row = getattr(row, "py_func", row)     # the Python function behind a Numba dispatcher
+    loop = _renamed(skeleton, skeleton.__name__, row_function=row, **bind)
+    kernel = Kernel(loop, f"{py_row.__name__}{skeleton.__name__}_{_SOURCES_DIGEST}", **options)
+    kernel.row = row
+    kernel.__doc__ = py_row.__doc__
+    return kernel
+
+
+def parallel_rows(row, **options) -> Kernel:
+    """The kernel ``kernel(work, rows, inputs)`` that runs ``row(inputs, r)`` for every ``r < rows``.
+
+    ``row`` must write only memory that belongs to its row ``r``. ``options`` are Numba options
+    (``fastmath=...``).
+    """
+    return _from_skeleton(_each_row, row, {}, options)
+
+
+def per_thread_sums(row, rows_per_flush: int = 1, **options) -> Kernel:
+    """The kernel ``kernel(work, rows, inputs, partial)`` that adds ``row(inputs, r, acc)`` over every
+    ``r < rows`` into ``partial``, shape ``(n_chunks, ...)`` float64, zeroed by the caller (``n_chunks`` from
+    :func:`num_chunks`).
+
+    ``row`` adds its contribution into ``acc`` (shaped like ``partial[0]``, in the dtype of ``inputs[0]``) and
+    may also write memory that belongs to its row. ``rows_per_flush`` rows are summed in ``acc`` before it joins
+    the float64 ``partial[t]``.
+    """
+    return _from_skeleton(_sum_rows, row, {"ROWS_PER_FLUSH": int(rows_per_flush)}, options)
