@@ -20,32 +20,20 @@ def _number(text: str, kind):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _at_least(kind, minimum, strict: bool, expected: str):
+    """A type accepting numbers of ``kind`` >= ``minimum`` (> when ``strict``)."""
+    def convert(text: str):
+        value = _number(text, kind)
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return convert
 
 
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_int = _at_least(int, 1, False, "an integer >= 1")
+nonnegative_int = _at_least(int, 0, False, "an integer >= 0")
+positive_float = _at_least(float, 0.0, True, "a number > 0")
+nonnegative_float = _at_least(float, 0.0, False, "a number >= 0")
 
 
 def fraction(text: str) -> float:
