@@ -44,10 +44,6 @@ def byte_budget(limit: int | None = None) -> int:
     return budget if free is None else min(budget, free // 2)
 
 
-def _size(n: int) -> str:
-    return format_bytes(n)
-
-
 def load_npz(path, where: str, *, max_bytes: int | None = None,
              select: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """Read the arrays of an ``.npz`` archive (as written by ``np.savez``) without trusting it.
@@ -98,9 +94,9 @@ def load_npz(path, where: str, *, max_bytes: int | None = None,
                 chosen.append((name, info))
         claimed = sum(info.file_size for _, info in chosen)
         if claimed > budget:
-            raise UntrustedFileError(f"{where}: its entries claim {_size(claimed)} uncompressed, more than the "
-                                     f"{_size(budget)} this file may take (a decompression bomb, or not the "
-                                     f"file you meant)")
+            raise UntrustedFileError(f"{where}: its entries claim {format_bytes(claimed)} uncompressed, more than "
+                                     f"the {format_bytes(budget)} this file may take (a decompression bomb, or not "
+                                     f"the file you meant)")
         arrays = {}
         for name, info in chosen:
             arrays[name] = _read_member(zf, info, f"{where}: entry {name!r}")
@@ -124,8 +120,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
             nbytes = count * dtype.itemsize
             header = f.tell()
             if header + nbytes != info.file_size:
-                raise UntrustedFileError(f"{where}: its header claims shape {shape} of {dtype} ({_size(nbytes)}), "
-                                         f"but the entry holds {_size(max(info.file_size - header, 0))} of data")
+                held = format_bytes(max(info.file_size - header, 0))
+                raise UntrustedFileError(f"{where}: its header claims shape {shape} of {dtype} "
+                                         f"({format_bytes(nbytes)}), but the entry holds {held} of data")
             flat = np.empty(count, dtype=dtype)
             view = memoryview(flat).cast("B") if nbytes else memoryview(b"")
             done = 0

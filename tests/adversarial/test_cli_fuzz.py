@@ -234,3 +234,28 @@ def test_debug_lets_the_exception_through(inputs):
         with scratch(), pytest.raises(InsufficientMemoryError, match="memory"):
             main(argv)
     assert check(["summary", "--width", "1e9"], inputs, allowed=(2,)).err.count("\n") == 1
+
+
+def test_a_full_disk_and_exhausted_memory_end_in_one_line_with_status_1(inputs, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from numpymnv2.train import trainer as trainer_module
+
+    def disk_full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with quick_curves():
+        monkeypatch.setattr(np, "savez", disk_full)
+        outcome = check(["train", *TINY_TRAIN, "--out", "run"], inputs, allowed=(1,))
+        assert "No space left on device" in outcome.err and "no last.npz was written" in outcome.err
+        monkeypatch.undo()
+
+        def out_of_memory(self, x, y):
+            raise MemoryError("Unable to allocate 3.1 GiB for an array with shape (64, 112, 112, 96)")
+
+        monkeypatch.setattr(trainer_module.Trainer, "train_step", out_of_memory)
+        outcome = check(["train", *TINY_TRAIN, "--out", "run"], inputs, allowed=(1,))
+        assert "out of memory (Unable to allocate 3.1 GiB" in outcome.err and "--batch-size" in outcome.err
+    assert outcome.err.count("\n") == 1
