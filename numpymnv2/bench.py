@@ -14,9 +14,13 @@ Suites
             PyTorch's faster layout.
 ``extra``   JIT cost of the first train step in a fresh process (cold and warm Numba cache), peak memory of a
             train step (both libraries), and the slowdown when another process keeps one core busy.
+``onnx``    inference in onnxruntime on numpymnv2's ONNX export against onnxruntime on PyTorch's export of the
+            same network and weights, and numpymnv2's own ``model.fuse()`` (needs onnx and onnxruntime; without
+            torch only numpymnv2's two sides run).
 
-The benchmark reports the BLAS kernel that ran (threadpoolctl). Run it as a user would, e.g. on this project's
-machines with the environment's OpenBLAS overrides removed::
+The benchmark reports the BLAS kernel that ran through threadpoolctl, which it needs (the ``bench`` extra
+installs it). Run it as a user would, e.g. on this project's machines with the environment's OpenBLAS
+overrides removed::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE numpymnv2 bench --suite all
 
@@ -26,6 +30,7 @@ direct use.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -117,21 +122,10 @@ def _np_model(row, dtype="float32"):
 
 
 def _np_optimizer(model):
-    """numpymnv2.optim.SGD when it exists, else the same update written here (PyTorch's SGD with momentum)."""
-    params = [p for _, p in model.named_parameters()]
-    try:
-        from numpymnv2.optim import SGD
-        opt = SGD(params, lr=0.01, momentum=0.9)
-        return opt.step, "numpymnv2.optim.SGD"
-    except ImportError:
-        bufs = [np.zeros_like(p.data) for p in params]
-
-        def step():
-            for p, b in zip(params, bufs):
-                b *= 0.9
-                b += p.grad
-                p.data -= 0.01 * b
-        return step, "inline SGD-momentum"
+    """numpymnv2.optim.SGD with PyTorch's momentum, as the PyTorch side uses torch.optim.SGD."""
+    from numpymnv2.optim import SGD
+    opt = SGD([p for _, p in model.named_parameters()], lr=0.01, momentum=0.9)
+    return opt.step, "numpymnv2.optim.SGD"
 
 
 def _np_step_fn(row):
@@ -212,6 +206,8 @@ def _matmul_peak(threads, n=1024, reps=20):
 # worker entry point
 # ----------------------------------------------------------------------------------------------------------
 def _worker(side: str, task: str, spec: dict) -> dict:
+    if side in ONNX_SIDES:
+        return _onnx_worker(side, task, spec)
     warmup, reps = spec.get("warmup", 3), spec.get("reps", 5)
     result = {"side": side, "times": {}, "meta": {}}
     if side == "numpymnv2":
@@ -292,11 +288,16 @@ def _rounds(sides, task, spec, rounds, log) -> dict:
 
 
 def _torch_available() -> bool:
-    try:
-        import importlib.util
-        return importlib.util.find_spec("torch") is not None
-    except Exception:
-        return False
+    return importlib.util.find_spec("torch") is not None
+
+
+def _missing_dependency() -> str | None:
+    """Why the benchmark cannot run here, or None: it reports and limits the BLAS threads through threadpoolctl,
+    which the ``bench`` and ``dev`` extras install."""
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return ("needs threadpoolctl to report and limit NumPy's BLAS threads: pip install threadpoolctl "
+                "(or install numpymnv2 with its bench extra)")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -377,6 +378,171 @@ def _model_table(res, sides) -> list:
     return lines
 
 
+# ----------------------------------------------------------------------------------------------------------
+# onnxruntime: numpymnv2's ONNX export against PyTorch's export of the same network (issue 12)
+# ----------------------------------------------------------------------------------------------------------
+# (name, batch, resolution, width_mult, num_classes, variant, mode); every row of a side runs one exported file
+ONNX_ROWS = [
+    ("infer b1 224px w1.0 c1000", 1, 224, 1.0, 1000, "imagenet", "infer"),
+    ("infer b8 224px w1.0 c1000", 8, 224, 1.0, 1000, "imagenet", "infer"),
+]
+ONNX_SIDES = ("ort-numpymnv2", "ort-torch", "numpymnv2-fused")
+ORT_THREADS = 2
+
+
+def _onnx_feed(side, sess, x):
+    """numpymnv2's graph takes NHWC as model(x) does; PyTorch's takes NCHW."""
+    return {sess.get_inputs()[0].name: x if side == "ort-numpymnv2" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+
+
+def _onnx_worker(side: str, task: str, spec: dict) -> dict:
+    """``onnx-export``: write this side's file of the seed-0 model and compare it with numpymnv2 on one image;
+    ``onnx``: time inference of every row (onnxruntime with ``ORT_THREADS`` threads, or ``model.fuse()``)."""
+    import onnxruntime
+
+    from numpymnv2.interop.onnx import ort_session, to_onnx
+    result = {"side": side, "times": {}, "meta": {"onnxruntime": onnxruntime.__version__}}
+    rows = [tuple(r) for r in spec["rows"]]
+    if task == "onnx-export":
+        model = _np_model(rows[0])[0].eval()
+        path = spec["paths"][side]
+        if side == "ort-numpymnv2":
+            result["meta"].update(exporter="numpymnv2.interop.to_onnx", opset=to_onnx(model, path, check=False).opset)
+        else:
+            from numpymnv2.interop import to_torchvision
+            _, _, _, wm, nc, variant, _ = rows[0]
+            result["meta"].update(torch_bench.export_onnx(to_torchvision(model), nc, wm, variant == "cifar", path))
+        x = np.random.default_rng(1).standard_normal((2, 224, 224, 3)).astype(np.float32)
+        sess = ort_session(path)
+        want = model(x)
+        got = sess.run(None, _onnx_feed(side, sess, x))[0]
+        result["meta"]["max_rel_diff_to_numpymnv2"] = float(np.abs(got - want).max() / np.abs(want).max())
+        result["meta"]["optimized_ops"] = _ort_optimized_ops(path)
+        return result
+    if task == "onnx-paired":
+        result["meta"]["paired_ratio"] = _onnx_paired(spec, rows)
+        return result
+    warmup, reps = spec.get("warmup", 5), spec.get("reps", 20)
+    if side == "numpymnv2-fused":
+        import numpymnv2.kernels  # noqa: F401  applies the thread-pool settings
+        from numpymnv2.kernels import _threads
+        result["meta"]["threads"] = _threads.info()
+    else:
+        sess = ort_session(spec["paths"][side], threads=ORT_THREADS)
+        result["meta"]["ort_intra_op_threads"] = ORT_THREADS
+    for row in rows:
+        model, x, _ = _np_model(row)
+        if side == "numpymnv2-fused":
+            fused = model.eval().fuse()
+            fn = (lambda fused=fused, x=x: fused(x))
+        else:
+            feed = _onnx_feed(side, sess, x)
+            fn = (lambda feed=feed: sess.run(None, feed))
+        result["times"][row[0]] = _time(fn, warmup, reps)
+    return result
+
+
+def _ort_optimized_ops(path) -> dict:
+    """Node counts by type of the graph onnxruntime actually runs (after its optimisations) for this file."""
+    import collections
+
+    import onnx
+    import onnxruntime
+    with tempfile.TemporaryDirectory() as folder:
+        opts = onnxruntime.SessionOptions()
+        opts.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+        opts.log_severity_level = 3         # its warning that the saved graph is specific to this CPU
+        onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    kinds = (f"{n.domain.rsplit('.', 1)[-1]}.{n.op_type}" if n.domain else n.op_type for n in graph.node)
+    return dict(sorted(collections.Counter(kinds).items()))
+
+
+def _onnx_paired(spec, rows) -> dict:
+    """Both exported files in one process, run alternately: the median of the per-pair time ratios per row.
+
+    A shared machine's load drifts; a pair of runs a few milliseconds apart sees nearly the same load, so the
+    median of pair ratios is steadier than a ratio of medians. Both sessions have thread spinning off (else the
+    idle pool of one spins on the cores the other needs); otherwise the settings of the ``onnx`` task.
+    """
+    import onnxruntime
+    sessions = {}
+    for side in ("ort-numpymnv2", "ort-torch"):
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = ORT_THREADS
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[side] = onnxruntime.InferenceSession(spec["paths"][side], opts, providers=["CPUExecutionProvider"])
+    out = {}
+    for row in rows:
+        x = _np_model(row)[1]
+        fns = {side: (lambda s=s, feed=_onnx_feed(side, s, x): s.run(None, feed)) for side, s in sessions.items()}
+        for fn in fns.values():
+            _time(fn, spec.get("warmup", 5), 0)
+        ratios = []
+        for i in range(spec.get("reps", 20)):
+            order = ("ort-numpymnv2", "ort-torch") if i % 2 == 0 else ("ort-torch", "ort-numpymnv2")
+            t = {side: _time(fns[side], 0, 1)[0] for side in order}
+            ratios.append(t["ort-numpymnv2"] / t["ort-torch"])
+        out[row[0]] = {"median": float(np.median(ratios)), "q25": float(np.percentile(ratios, 25)),
+                       "q75": float(np.percentile(ratios, 75)), "pairs": len(ratios)}
+    return out
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def _onnx_suite(args, log) -> tuple[list, dict]:
+    """Export once per side into a temporary folder, then alternate the sides over the rounds; table lines."""
+    title = ["## onnxruntime: numpymnv2's ONNX export vs PyTorch's, and numpymnv2's model.fuse()", ""]
+    if not _onnxruntime_available():
+        return title + ['skipped: onnx and onnxruntime are not installed (pip install "numpymnv2[onnx]")', ""], {}
+    sides = ONNX_SIDES if not args.no_torch and _torch_available() else ("ort-numpymnv2", "numpymnv2-fused")
+    rows = ONNX_ROWS[:1] if args.quick else ONNX_ROWS
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {side: os.path.join(folder, f"{side}.onnx") for side in sides if side.startswith("ort-")}
+        exports = {}
+        for side in paths:
+            log(f"  export {side}")
+            exports[side] = _spawn(side, "onnx-export", {"rows": rows[:1], "paths": paths})["meta"]
+        spec = {"rows": rows, "paths": paths, "reps": args.reps * 4, "warmup": 5}
+        res = _rounds(sides, "onnx", spec, args.rounds, log)
+        paired = {}
+        if "ort-torch" in sides:
+            for r in range(args.rounds):
+                log(f"  round {r + 1}/{args.rounds}: both exports alternately in one process")
+                for name, d in _spawn("ort-numpymnv2", "onnx-paired", spec)["meta"]["paired_ratio"].items():
+                    paired.setdefault(name, []).append(d["median"])
+    res["exports"], res["paired_ratio_medians_per_round"] = exports, paired
+    ms, mins = res["ms"], res["min_ms"]
+    torch_ms, torch_min = ms.get("ort-torch", {}), mins.get("ort-torch", {})
+    lines = title + ["| row | onnxruntime, numpymnv2's export ms | onnxruntime, PyTorch's export ms | ratio "
+                     "(target <= 1.1) | paired ratio | numpymnv2 model.fuse() ms | fuse / PyTorch's export | min ms: "
+                     "numpymnv2's export / PyTorch's / fuse | ratio of mins |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        name = row[0]
+        ours, fused, theirs = ms["ort-numpymnv2"][name], ms["numpymnv2-fused"][name], torch_ms.get(name)
+        m_ours, m_fused, m_theirs = mins["ort-numpymnv2"][name], mins["numpymnv2-fused"][name], torch_min.get(name)
+        pair = float(np.median(paired[name])) if name in paired else None
+        lines.append(f"| {name} | {ours:.2f} | {_fmt(theirs)} | {_fmt(ours / theirs if theirs else None)} | "
+                     f"{_fmt(pair)} | {fused:.2f} | {_fmt(fused / theirs if theirs else None)} | {m_ours:.2f} / {_fmt(m_theirs)} / "
+                     f"{m_fused:.2f} | {_fmt(m_ours / m_theirs if m_theirs else None)} |")
+    lines += ["", "Paired ratio: both files in one process, run alternately (thread spinning off in both), the "
+              "median over the rounds of each round's median ratio of neighbouring runs.", ""]
+    for side, meta in exports.items():
+        ops = ", ".join(f"{n} {op}" for op, n in meta["optimized_ops"].items())
+        lines.append(f"- {side}: {meta['exporter']}, opset {meta['opset']}; largest difference from numpymnv2's "
+                     f"logits (batch 2, 224px) {meta['max_rel_diff_to_numpymnv2']:.1e} of the largest logit; "
+                     f"onnxruntime runs it as {ops}")
+    ort_meta = res["meta"]["ort-numpymnv2"]
+    lines += [f"- onnxruntime {ort_meta['onnxruntime']}, CPU provider, intra-op threads {ORT_THREADS}, all graph "
+              f"optimisations; numpymnv2 threading {res['meta']['numpymnv2-fused'].get('threads')}",
+              f"- load average at the end of this suite: {', '.join(f'{v:.2f}' for v in res['load_average_end'])}",
+              ""]
+    return lines, res
+
+
 def _busy_loop_process():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -386,7 +552,7 @@ def _busy_loop_process():
 # ----------------------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from numpymnv2._argtypes import positive_int
-    parser.add_argument("--suite", choices=("ops", "model", "extra", "all"), default="all",
+    parser.add_argument("--suite", choices=("ops", "model", "extra", "onnx", "all"), default="all",
                         help="which benchmarks to run (default: all)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds per side (default 3)")
     parser.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per round (default 5)")
@@ -399,6 +565,10 @@ def run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    missing = _missing_dependency()
+    if missing:
+        print(f"numpymnv2 bench: error: {missing}", file=sys.stderr)
+        return 2
     sides = ("numpymnv2",) if args.no_torch or not _torch_available() else SIDES
     report = {"command": " ".join(sys.argv), "machine": platform.platform(), "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg(), "env_openblas": {k: v for k, v in os.environ.items()
@@ -420,6 +590,9 @@ def run(args) -> int:
         report["model"] = res
         out += ["## Whole model (float32; train = forward, loss, backward, SGD-momentum step)", ""]
         out += _model_table(res, sides) + [""]
+    if args.suite in ("onnx", "all"):
+        lines, report["onnx"] = _onnx_suite(args, log)
+        out += lines
     if args.suite in ("extra", "all"):
         out += ["## JIT, memory, load", ""]
         row = MODEL_ROWS[0]
@@ -483,7 +656,7 @@ def _spawn_first_step(row, env) -> dict:
 
 def _main_worker(argv) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", required=True, choices=SIDES)
+    p.add_argument("--worker", required=True, choices=SIDES + ONNX_SIDES)
     p.add_argument("--task", required=True)
     p.add_argument("--spec", required=True)
     a = p.parse_args(argv)

@@ -130,3 +130,40 @@ def op_fns(spec, side):
             conv(x).backward(dout)
         fns[f"pw {N}x{H}x{W} {Ci}->{Co}"] = f
     return fns
+
+
+def export_onnx(weights: dict, num_classes: int, width_mult: float, cifar: bool, path: str) -> dict:
+    """PyTorch's ONNX export of :func:`mobilenetv2` carrying ``weights``, for the onnxruntime benchmark.
+
+    ``weights`` is :func:`numpymnv2.interop.to_torchvision` of a numpymnv2 model: torchvision's keys, whose
+    parameters and buffers come in the same order as this module's own ``state_dict`` (only the prefixes differ,
+    ``features.3.`` here is ``3.``), so they are matched by position and ``load_state_dict`` checks every shape.
+    The export is ``torch.onnx.export`` in evaluation mode with a dynamic batch, height and width, as a user
+    calls it: torch 2.13's default exporter (``dynamo=True``, which needs the onnxscript package) or, when
+    onnxscript is not installed, the TorchScript exporter (``dynamo=False``). Returns which one ran and its opset.
+    """
+    torch = load_torch()
+    model = mobilenetv2(num_classes, width_mult, cifar).eval()
+    own = model.state_dict()
+    if len(own) != len(weights):
+        raise ValueError(f"export_onnx: {len(weights)} weights for a model with {len(own)} entries")
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in zip(own, weights.values())})
+    x = torch.randn(1, 3, 224, 224)
+    try:
+        import onnxscript  # noqa: F401  the dynamo exporter's dependency
+        dynamo = True
+    except ImportError:
+        dynamo = False
+    kwargs = {"input_names": ["input"], "output_names": ["logits"]}
+    if dynamo:
+        dim = torch.export.Dim
+        shapes = {"input": {0: dim("batch"), 2: dim("height", min=32), 3: dim("width", min=32)}}
+        program = torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=shapes, **kwargs)
+        del program
+    else:
+        axes = {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
+        torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, opset_version=17, **kwargs)
+    import onnx
+    opset = next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain == "")
+    return {"exporter": "dynamo (torch.onnx.export default)" if dynamo else "TorchScript (dynamo=False)",
+            "opset": int(opset), "torch": torch.__version__}

@@ -13,3 +13,19 @@ def test_numpymnv2_worker_and_tables_on_tiny_shapes():
     table = bench._op_table({"ms": ms, "min_ms": ms}, ("numpymnv2",), 100.0, 150.0)
     assert any(line.startswith("| dw 2x6x6x8 s2 |") for line in table)
     assert bench._op_flops("dw 2x6x6x8 s2") == 3 * 2 * 9 * 2 * 3 * 3 * 8
+
+
+def test_model_rows_use_the_library_optimizer():
+    model, _, _ = bench._np_model(("train tiny", 2, 32, 0.35, 10, "imagenet", "train"))
+    step, name = bench._np_optimizer(model)
+    assert name == "numpymnv2.optim.SGD" and type(step.__self__).__name__ == "SGD"
+
+
+def test_without_threadpoolctl_bench_says_what_to_install(monkeypatch, capsys):
+    real_find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "threadpoolctl" else real_find_spec(name, *args))
+    parser = bench.argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    assert bench.run(parser.parse_args(["--suite", "ops", "--no-torch"])) == 2
+    assert "needs threadpoolctl" in capsys.readouterr().err
