@@ -52,3 +52,14 @@ def resolution(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected at least {MIN_RESOLUTION} (MobileNetV2's smallest input), "
                                          f"got {text!r}")
     return value
+
+
+def check_distinct_output(output, *sources) -> None:
+    """Refuse to write ``output`` when it is one of the ``sources`` a command reads (``convert w.pth w.pth``
+    would replace the file it converts). Raises ``ValueError``."""
+    import os
+    if not os.path.exists(output):
+        return
+    for source in sources:
+        if os.path.exists(source) and os.path.samefile(output, source):
+            raise ValueError(f"the output {output} is the source file itself; write to another file")

@@ -11,6 +11,7 @@ import os
 import sys
 import zipfile
 
+from numpymnv2._argtypes import check_distinct_output
 from numpymnv2._memory import format_bytes
 from numpymnv2._untrusted import byte_budget, regular_file_size, zip_claimed_bytes
 
@@ -75,8 +76,7 @@ def run(args) -> int:
     from numpymnv2.interop.torchvision import from_torchvision
     from numpymnv2.models.io import save_weights
 
-    if os.path.exists(args.output) and os.path.exists(args.source) and os.path.samefile(args.output, args.source):
-        raise ValueError(f"the output {args.output} is the source file itself; write the weights to another file")
+    check_distinct_output(args.output, args.source)
     try:
         state = load_torch_state_dict(args.source)
     except RuntimeError as exc:

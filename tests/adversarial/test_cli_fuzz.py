@@ -259,3 +259,15 @@ def test_a_full_disk_and_exhausted_memory_end_in_one_line_with_status_1(inputs, 
         outcome = check(["train", *TINY_TRAIN, "--out", "run"], inputs, allowed=(1,))
         assert "out of memory (Unable to allocate 3.1 GiB" in outcome.err and "--batch-size" in outcome.err
     assert outcome.err.count("\n") == 1
+
+
+EXPORT = {"--opset": ["0", "-1", "13", "17", "x", "99"], "--preprocess": None, "--softmax": None, "--no-check": None,
+          "--tolerance": FLOATS, "--arch": ["imagenet", "small", "cifar", "x"], "--width": ["nan", "0", "1e9", "0.1"],
+          "--num-classes": ["0", "-1", "3", "x"]}
+
+
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=SLOW_OK)
+@given(source=st.sampled_from(FILES), output=st.sampled_from(["out.onnx", "@folder", "@text", "@checkpoint"]),
+       extra=options(EXPORT))
+def test_export(inputs, source, output, extra):
+    check(["export", source, output, *extra], inputs)
