@@ -24,7 +24,6 @@ from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, b
                                     make_loaders, make_preprocess, model_spec, run_record, split_record)
 
 _FROM_OUT = "<out>/last.npz"
-RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "metrics.jsonl", "curves.png")
 EXIT_INTERRUPTED = 130
 
 
@@ -106,13 +105,23 @@ def _explicit_options(args) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _out_dir(args) -> Path:
+    """The run folder: --out, else beside the checkpoint given to --resume, else runs/<dataset>."""
+    if args.out:
+        return Path(args.out)
+    if args.resume not in (None, _FROM_OUT):
+        path = Path(args.resume)
+        return path.parent if path.suffix else path
+    return default_out_dir(TrainConfig(dataset=_explicit_options(args).get("dataset", "digits")))
+
+
 def _resolve(args):
     """``(cfg, out_dir, checkpoint or None)`` from the command line (and the checkpoint when resuming)."""
     from numpymnv2.train.checkpoint import load_checkpoint
     explicit = _explicit_options(args)
+    out = _out_dir(args)
     if args.resume is None:
         cfg = TrainConfig(**explicit)
-        out = Path(args.out) if args.out else default_out_dir(cfg)
         last = out / "last.npz"
         if last.exists() and not args.overwrite:
             raise ValueError(f"{out} already holds a run ({last}); continue it with --resume (and --epochs for a "
@@ -120,14 +129,12 @@ def _resolve(args):
         return cfg, out, None
 
     if args.resume == _FROM_OUT:
-        out = Path(args.out) if args.out else default_out_dir(TrainConfig(dataset=explicit.get("dataset", "digits")))
         path = out / "last.npz"
         if not path.exists():
             raise FileNotFoundError(f"--resume: there is no checkpoint {path} to continue; start a run without "
                                     f"--resume, or pass --resume PATH")
     else:
         path = Path(args.resume)
-        out = Path(args.out) if args.out else (path.parent if path.suffix else path)
     ckpt = load_checkpoint(path)
     saved = ckpt.config.get("train")
     if not isinstance(saved, dict):
@@ -155,6 +162,7 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     ``comm``: the job's communicator when it runs on several processes (:func:`numpymnv2.distributed.connect`);
     give ``out`` to rank 0 only."""
     from numpymnv2.distributed import DataParallel, SingleProcess
+    from numpymnv2.models.footprint import check_batch_fits
     from numpymnv2.train.trainer import Trainer
     run = load_run_data(cfg)
     train, val = run.train, run.val
@@ -174,6 +182,8 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
         spec = model_spec(cfg, train.num_classes)
     train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
+    R = int(preprocess["resolution"])
+    check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
     parallel = SingleProcess() if comm is None else DataParallel(model, comm)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
@@ -229,9 +239,28 @@ def run(args) -> int:
 
 
 def _run(args, comm=None) -> int:
+    from numpymnv2.train.runfolder import lock_run_folder
+    if comm is None:
+        with lock_run_folder(_out_dir(args)):     # before the folder is looked at: two runs must not both start
+            return _run_locked(args)
+    with contextlib.ExitStack() as held:        # rank 0 holds the folder for the job; every process learns if not
+        refused = None
+        if comm.rank == 0:
+            try:
+                held.enter_context(lock_run_folder(_out_dir(args)))
+            except Exception as exc:            # raised below, once every process knows
+                refused = exc
+        if comm.allreduce(np.array([refused is not None], dtype=np.float64))[0]:
+            if refused is not None:
+                raise refused
+            return 2
+        return _run_locked(args, comm)
+
+
+def _run_locked(args, comm=None) -> int:
     from numpymnv2.backend import use_backend
     from numpymnv2.train.metrics import write_metrics
-    from numpymnv2.train.trainer import NonFiniteLossError
+    from numpymnv2.train.trainer import RUN_FILES, NonFiniteLossError
     writer = comm is None or comm.rank == 0     # one process writes files and messages
     if comm is not None:
         from numpymnv2.distributed.launch import apply_thread_defaults, write_ranks_file
@@ -325,6 +354,7 @@ def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
 
 
 def _summary(cfg: TrainConfig, result, wall: float, out: Path, test: dict | None, missing: str | None) -> str:
+    from numpymnv2.train.trainer import RUN_FILES
     last = result.history[-1]
     done = f"{result.epochs_done} epoch{'s' if result.epochs_done != 1 else ''}"
     lines = [f"done: {done} in {_duration(wall)} (this session)"]
