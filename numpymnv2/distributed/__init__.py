@@ -25,8 +25,9 @@ The pieces: :mod:`~numpymnv2.distributed.comm` (the communicator over mpi4py), :
 parallel` (what a training step does differently on N processes), :mod:`~numpymnv2.distributed.launch` (the
 ``--processes`` shortcut and the thread counts). ``docs/distributed.md`` has the performance model.
 """
-from numpymnv2.distributed.comm import Communicator, DistributedError, connect, launched_processes
+from numpymnv2.distributed.comm import (Communicator, DistributedError, connect, launched_processes,
+                                       require_one_process)
 from numpymnv2.distributed.parallel import DataParallel, SingleProcess, shard_rows
 
 __all__ = ["Communicator", "DataParallel", "DistributedError", "SingleProcess", "connect", "launched_processes",
-           "shard_rows"]
+           "require_one_process", "shard_rows"]

@@ -41,6 +41,16 @@ def launched_processes() -> int | None:
     return 1
 
 
+def require_one_process(command: str) -> None:
+    """Raise :class:`DistributedError` when ``numpymnv2 <command>``, which runs on one process, was started by
+    an MPI launcher as one of several (each would do the whole work and write the same files)."""
+    size = launched_processes()
+    if size != 1:
+        raise DistributedError(f"{command} runs on one process, but an MPI launcher started {size or 'several'}; "
+                               f"only `numpymnv2 train` is data-parallel. Run `numpymnv2 {command}` without "
+                               f"mpiexec or srun")
+
+
 def connect(timeout: float | None = None) -> "Communicator | None":
     """The communicator of this MPI job, or None for a single process (then MPI is not imported at all).
 
@@ -97,6 +107,7 @@ class Communicator:
         self.timeout = float(timeout) if timeout is not None else _timeout_from_environment()
         self._op: str | None = None       # the collective this process waits in, and since when
         self._since = 0.0
+        self.seconds_in: dict[str, float] = {}  # time spent in each kind of collective (waits included)
         self._watchdog = threading.Thread(target=self._watch, name="numpymnv2-mpi-watchdog", daemon=True)
         self._watchdog.start()
         self.pids = [int(p) for p in self._allgather_int(os.getpid())]
@@ -118,8 +129,8 @@ class Communicator:
         return out
 
     def allreduce_in_place(self, buffer: np.ndarray) -> None:
-        """Replace the contiguous ``buffer`` by its elementwise sum over all processes."""
-        self._collective("Allreduce", self._comm.Allreduce, self._MPI.IN_PLACE, buffer)
+        """Replace the contiguous ``buffer`` by its elementwise sum over all processes (the gradients)."""
+        self._collective("Allreduce (in place)", self._comm.Allreduce, self._MPI.IN_PLACE, buffer)
 
     def broadcast(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:
         """``root``'s contiguous ``buffer``, copied into every process's ``buffer`` (in place); returned."""
@@ -146,6 +157,7 @@ class Communicator:
             return call(*args)
         finally:
             self._op = None
+            self.seconds_in[op] = self.seconds_in.get(op, 0.0) + time.monotonic() - self._since
 
     # -- watchdog -------------------------------------------------------------------------------------------
     def describe(self, rank: int) -> str:

@@ -329,10 +329,10 @@ def _ends_job_on_error(comm):
     except BaseException as exc:
         if comm is None:
             raise
-        import traceback
-        traceback.print_exc()
-        print(f"numpymnv2 train: error in {comm.describe(comm.rank)}: {exc}; ending the job", file=sys.stderr)
-        comm.abort(getattr(exc, "exit_status", 1))
+        from numpymnv2.cli import describe_error, exit_status
+        print(f"numpymnv2 train: error in {comm.describe(comm.rank)}: {describe_error(exc)}; ending the job",
+              file=sys.stderr)
+        comm.abort(exit_status(exc) or 1)
 
 
 def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:

@@ -191,3 +191,11 @@ def test_launcher_passes_every_other_option_on():
     assert vars(parser.parse_args(rebuilt)) == {**vars(parser.parse_args(argv)), "processes": None}
     assert command_line(configure_parser, parser.parse_args(["--resume", "a/last.npz"])) == ["--resume",
                                                                                            "a/last.npz"]
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--checkpoint", "x.npz"], ["ablate"], ["summary"]])
+def test_other_commands_say_they_run_on_one_process(monkeypatch, capsys, command):
+    from numpymnv2.cli import main
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert main(command) == 2
+    assert f"{command[0]} runs on one process, but an MPI launcher started 2" in capsys.readouterr().err
