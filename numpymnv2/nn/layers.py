@@ -45,10 +45,7 @@ class _Layer(Module):
         self._drop_cache()
 
     def _drop_cache(self) -> None:
-        object.__setattr__(self, "_cache", None)
-        object.__setattr__(self, "_impl", None)
-        object.__setattr__(self, "_out_shape", None)
-        object.__setattr__(self, "_out_dtype", None)
+        object.__setattr__(self, "_last", None)
 
     def in_channels_expected(self):
         return None
@@ -58,18 +55,26 @@ class _Layer(Module):
                            dtype=self.param_dtype(), finite=finite)
 
     def _remember(self, out, cache, impl: Impl):
-        """Keep what backward needs; return ``out``."""
-        object.__setattr__(self, "_cache", cache)
-        object.__setattr__(self, "_impl", impl)
-        object.__setattr__(self, "_out_shape", out.shape)
-        object.__setattr__(self, "_out_dtype", out.dtype)
+        """Keep what backward needs (the cache, the implementation that made it, the output's shape and dtype);
+        return ``out``."""
+        object.__setattr__(self, "_last", (cache, impl, out.shape, out.dtype))
         return out
+
+    @property
+    def _cache(self):
+        """The cache of the last forward pass (None before the first)."""
+        return self._last[0] if self._last is not None else None
+
+    @property
+    def _impl(self) -> Impl | None:
+        """The implementation that ran the last forward pass (None before the first)."""
+        return self._last[1] if self._last is not None else None
 
     def _recall(self, dout) -> tuple[object, Impl]:
         """Check ``dout`` against the last forward output; return that forward's cache and implementation."""
-        cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape, self._out_dtype)
-        return cache, self._impl
+        cache, impl, shape, dtype = self._need_cache(self._last)
+        self._check_dout(dout, shape, dtype)
+        return cache, impl
 
 
 class _WindowConv(_Layer):
@@ -230,7 +235,8 @@ class BatchNorm2d(_Layer):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
     def forward(self, x, residual=None):
-        if residual is not None:
+        if residual is not None and (type(residual) is not np.ndarray or residual.dtype != x.dtype
+                                     or residual.shape != x.shape):
             check_array(residual, self.label, dtype=x.dtype, finite=False, what="residual")
             if residual.shape != x.shape:
                 raise ValueError(f"{self.label}: expected a residual of shape {x.shape} (the output's shape), "
@@ -245,7 +251,7 @@ class BatchNorm2d(_Layer):
                 raise NonFiniteError(f"{self.label}: the batch statistics of this input are not finite (largest "
                                      f"|x| {float(np.abs(x).max()):.3g}); the running statistics were left as "
                                      f"they were")
-            self.num_batches_tracked += 1
+            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)     # in place, the buffer itself
         return self._remember(out, cache, impl)
 
     def backward(self, dout):
