@@ -44,10 +44,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from numpymnv2._argtypes import check_distinct_output
     from numpymnv2.interop.onnx import to_onnx
 
     if not 0 < args.tolerance < 1:
         raise ValueError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+    check_distinct_output(args.output, args.source)
     try:
         model, preprocess, classes, kind = load_source(args.source, args.arch, args.width, args.num_classes)
         if args.preprocess and preprocess is None:

@@ -23,7 +23,6 @@ from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, b
                                     make_loaders, make_preprocess, model_spec, run_record, split_record)
 
 _FROM_OUT = "<out>/last.npz"
-RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "metrics.jsonl", "curves.png")
 EXIT_INTERRUPTED = 130
 
 
@@ -101,13 +100,23 @@ def _explicit_options(args) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _out_dir(args) -> Path:
+    """The run folder: --out, else beside the checkpoint given to --resume, else runs/<dataset>."""
+    if args.out:
+        return Path(args.out)
+    if args.resume not in (None, _FROM_OUT):
+        path = Path(args.resume)
+        return path.parent if path.suffix else path
+    return default_out_dir(TrainConfig(dataset=_explicit_options(args).get("dataset", "digits")))
+
+
 def _resolve(args):
     """``(cfg, out_dir, checkpoint or None)`` from the command line (and the checkpoint when resuming)."""
     from numpymnv2.train.checkpoint import load_checkpoint
     explicit = _explicit_options(args)
+    out = _out_dir(args)
     if args.resume is None:
         cfg = TrainConfig(**explicit)
-        out = Path(args.out) if args.out else default_out_dir(cfg)
         last = out / "last.npz"
         if last.exists() and not args.overwrite:
             raise ValueError(f"{out} already holds a run ({last}); continue it with --resume (and --epochs for a "
@@ -115,14 +124,12 @@ def _resolve(args):
         return cfg, out, None
 
     if args.resume == _FROM_OUT:
-        out = Path(args.out) if args.out else default_out_dir(TrainConfig(dataset=explicit.get("dataset", "digits")))
         path = out / "last.npz"
         if not path.exists():
             raise FileNotFoundError(f"--resume: there is no checkpoint {path} to continue; start a run without "
                                     f"--resume, or pass --resume PATH")
     else:
         path = Path(args.resume)
-        out = Path(args.out) if args.out else (path.parent if path.suffix else path)
     ckpt = load_checkpoint(path)
     saved = ckpt.config.get("train")
     if not isinstance(saved, dict):
@@ -146,6 +153,7 @@ def _flag(name: str, value) -> str:
 
 def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None):
     """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer."""
+    from numpymnv2.models.footprint import check_batch_fits
     from numpymnv2.train.trainer import Trainer
     run = load_run_data(cfg)
     train, val = run.train, run.val
@@ -165,6 +173,8 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
         spec = model_spec(cfg, train.num_classes)
     train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
     model = build_model(spec)
+    R = int(preprocess["resolution"])
+    check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
     config = run_record(cfg, spec, preprocess, run)
@@ -207,9 +217,15 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from numpymnv2.train.runfolder import lock_run_folder
+    with lock_run_folder(_out_dir(args)):     # before the folder is looked at: two runs must not both start
+        return _run_locked(args)
+
+
+def _run_locked(args) -> int:
     from numpymnv2.backend import use_backend
     from numpymnv2.train.metrics import write_metrics
-    from numpymnv2.train.trainer import NonFiniteLossError
+    from numpymnv2.train.trainer import RUN_FILES, NonFiniteLossError
     cfg, out, ckpt = _resolve(args)
     # progress bars only on a terminal: redirected to a file they would write every frame
     trainer = build_trainer(cfg, out, ckpt, progress=args.progress and sys.stderr.isatty())
@@ -271,6 +287,7 @@ def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
 
 
 def _summary(cfg: TrainConfig, result, wall: float, out: Path, test: dict | None, missing: str | None) -> str:
+    from numpymnv2.train.trainer import RUN_FILES
     last = result.history[-1]
     done = f"{result.epochs_done} epoch{'s' if result.epochs_done != 1 else ''}"
     lines = [f"done: {done} in {_duration(wall)} (this session)"]
