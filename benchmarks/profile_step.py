@@ -7,8 +7,9 @@ Every row of the operation table (:mod:`numpymnv2.ops`) is wrapped with a timer 
 backward separately; what is left of the step ("outside the ops") is the layers' bookkeeping and input checks,
 the loss and the optimizer. Also prints the minor page faults per step.
 
-``--clock cpu`` measures the CPU time of the calling thread instead of wall time: on a shared machine it is far
-steadier, and with one thread (``NUMBA_NUM_THREADS=1 NUMPYMNV2_BLAS_THREADS=1``) it is all the work there is.
+``--clock cpu`` measures the CPU time of the calling thread instead of wall time, and runs every kernel on its
+serial copy so that all of its work is on that thread; with ``NUMPYMNV2_BLAS_THREADS=1`` (BLAS on the calling
+thread too) it is the whole single-threaded cost of the step, far steadier on a shared machine than wall time.
 """
 import argparse
 import collections
@@ -16,6 +17,7 @@ import resource
 import time
 
 from numpymnv2 import bench, ops
+from numpymnv2.kernels import _launch
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -56,6 +58,8 @@ def main():
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     a = p.parse_args()
     clock = CLOCKS[a.clock]
+    if a.clock == "cpu":
+        _launch.PARALLEL_MIN_WORK = 1 << 62       # every kernel on its serial copy, in this thread
     spent = collections.defaultdict(float)
     instrument(spent, clock)
     row = ("profile", a.batch, a.resolution, a.width, a.classes, "cifar" if a.cifar else "imagenet", "train")

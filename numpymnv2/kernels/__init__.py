@@ -6,11 +6,13 @@ Only the memory-bound operations have kernels here: the depthwise convolution (:
 and the patch gathering around the stem's BLAS product (:mod:`.conv2d`). The pointwise convolutions and the
 classifier are BLAS products and run the NumPy code on both backends; :mod:`numpymnv2.ops` is the table of which
 function each backend runs. :mod:`.optim` holds the SGD update in one pass.
-Importing this package configures the thread pools once (see :mod:`numpymnv2.kernels._threads`).
+Importing this package configures the thread pools once (see :mod:`numpymnv2.kernels._threads`) and lets glibc
+keep freed big arrays for the next step (see :mod:`numpymnv2.kernels._memory`).
 """
-from numpymnv2.kernels import _threads
+from numpymnv2.kernels import _memory, _threads
 
 _threads.configure()
+_memory.configure()
 
 from numpymnv2.kernels.activation import relu6_backward, relu6_forward  # noqa: E402
 from numpymnv2.kernels.batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402

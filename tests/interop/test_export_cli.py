@@ -135,6 +135,21 @@ def test_bad_sources(tmp_path, capsys):
     assert "--preprocess needs the preprocessing record of a training checkpoint" in capsys.readouterr().err
 
 
+def test_an_existing_output_is_replaced_only_when_it_is_an_onnx_model(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), str(out), "--no-check"]) == 0
+    assert main(["export", str(checkpoint), str(out), "--no-check", "--softmax"]) == 0      # a re-export
+    assert onnx.load(str(out)).graph.output[0].name == "probabilities"
+    capsys.readouterr()
+    for name, content in [("notes.txt", b"my notes"), ("empty.onnx", b""), ("other.npz", checkpoint.read_bytes())]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert main(["export", str(checkpoint), str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "exists and is not an ONNX model" in err and err.count("\n") == 1
+        assert path.read_bytes() == content
+
+
 def test_unwritable_output_and_missing_packages(checkpoint, tmp_path, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     assert main(["export", str(checkpoint), str(tmp_path / "a_file" / "m.onnx")]) == 2

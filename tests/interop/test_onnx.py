@@ -16,6 +16,7 @@ from numpymnv2.interop import onnx as onnx_export  # noqa: E402
 from numpymnv2.interop.onnx import (MAX_OPSET, MIN_OPSET, OnnxMismatchError, build_onnx, check_onnx,  # noqa: E402
                                     luma, ort_session, to_onnx)
 from numpymnv2.models import CIFAR_SETTING, MobileNetV2  # noqa: E402
+from numpymnv2.nn import BatchNormAct2d  # noqa: E402
 from numpymnv2.train.config import make_transform  # noqa: E402
 from numpymnv2.train.inference import predict_proba  # noqa: E402
 from strategies import randomize_bn  # noqa: E402
@@ -77,6 +78,19 @@ def test_one_file_reproduces_the_logits_at_every_batch_size_and_resolution(name,
         assert got.dtype == np.float32 and got.shape == (shape[0], 10)
         assert_close(got, model(x), f"{name} at input {shape}")
     assert result.input_name == "input" and result.output_name == "logits"
+
+
+def test_relu_activations_become_relu_nodes():
+    """A model whose fused BatchNorms apply ReLU instead of ReLU6 (the activation is each BatchNormAct2d's)."""
+    model = moved_statistics(MobileNetV2(num_classes=10, width_mult=0.35, seed=1))
+    switched = [m for m in model.modules() if isinstance(m, BatchNormAct2d) and m.activation == "relu6"]
+    for m in switched:
+        m.activation = "relu"
+    x = np.random.default_rng(2).standard_normal((2, 40, 48, 3)).astype(np.float32) * 3
+    proto = build_onnx(model)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    assert ops["Relu"] == len(switched) and "Clip" not in ops
+    assert_close(ort_session(proto).run(None, {"input": x})[0], model(x), "relu")
 
 
 def test_224_pixels_width_1_thousand_classes():
