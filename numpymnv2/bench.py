@@ -211,8 +211,8 @@ def _worker(side: str, task: str, spec: dict) -> dict:
     warmup, reps = spec.get("warmup", 3), spec.get("reps", 5)
     result = {"side": side, "times": {}, "meta": {}}
     if side == "numpymnv2":
-        import numpymnv2.kernels  # noqa: F401  applies the thread-pool settings
-        from numpymnv2.kernels import _threads
+        import numpymnv2.kernels  # noqa: F401  applies the thread-pool and allocator settings
+        from numpymnv2.kernels import _memory, _threads
     if task == "ops":
         fns = _np_op_fns(spec) if side == "numpymnv2" else torch_bench.op_fns(spec, side)
         for name, fn in fns.items():
@@ -254,6 +254,7 @@ def _worker(side: str, task: str, spec: dict) -> dict:
     if side == "numpymnv2":
         from threadpoolctl import threadpool_info
         result["meta"]["threads"] = _threads.info()
+        result["meta"]["malloc"] = _memory.info()
         result["meta"]["blas"] = [{k: d.get(k) for k in ("internal_api", "architecture", "num_threads", "version",
                                                           "filepath")}
                                   for d in threadpool_info() if d.get("user_api") == "blas"]
@@ -551,10 +552,11 @@ def _busy_loop_process():
 # CLI
 # ----------------------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from numpymnv2._argtypes import positive_int
     parser.add_argument("--suite", choices=("ops", "model", "extra", "onnx", "all"), default="all",
                         help="which benchmarks to run (default: all)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side (default 3)")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per round (default 5)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds per side (default 3)")
+    parser.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per round (default 5)")
     parser.add_argument("--quick", action="store_true", help="first two model rows and fewer op shapes")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     parser.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
@@ -632,7 +634,7 @@ def run(args) -> int:
               f"{', '.join(f'{v:.2f}' for v in report['load_average_start'])}",
               f"- OPENBLAS_* in the environment: {report['env_openblas'] or 'none'}",
               f"- BLAS that ran (threadpoolctl): {meta.get('blas')}",
-              f"- numpymnv2 threading: {meta.get('threads')}",
+              f"- numpymnv2 threading: {meta.get('threads')}; allocator: {meta.get('malloc')}",
               f"- optimizer: {report.get('model', {}).get('meta', {}).get('numpymnv2', {}).get('optimizer', '-')}; "
               f"torch sides: {sides[1:] or 'not run'}",
               f"- rounds {args.rounds}, alternated; each side in its own process; medians", ""]

@@ -145,7 +145,8 @@ def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) 
     a = analytic[idx]
     abs_err = np.abs(a - numeric)
     rel_err = abs_err / max(float(np.abs(numeric).max(initial=0.0)), floor, 1e-300)
-    failures = int(np.count_nonzero(abs_err > atol + rtol * np.abs(numeric)))
+    # "not within tolerance" rather than "beyond it": a NaN in either gradient is a failure, never a pass
+    failures = int(np.count_nonzero(~(abs_err <= atol + rtol * np.abs(numeric))))
     k = int(np.argmax(rel_err)) if len(idx) else 0
     worst = tuple(int(v) for v in np.unravel_index(idx[k], array.shape)) if len(idx) else ()
     return ArrayReport(name, tuple(array.shape), len(idx), float(abs_err.max(initial=0.0)),
@@ -185,10 +186,17 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     GradcheckResult
         ``.passed``, ``.max_rel_error``, ``.worst``, and a printable per-array table.
     """
-    if not eps > 0:
-        raise ValueError(f"gradcheck: eps must be positive, got {eps}")
-    if max_coords is not None and max_coords < 1:
-        raise ValueError(f"gradcheck: max_coords must be at least 1 (or None for every coordinate), got {max_coords}")
+    eps = _real(eps, "eps", positive=True)
+    atol = _real(atol, "atol")
+    rtol = _real(rtol, "rtol")
+    if max_coords is not None:
+        if isinstance(max_coords, (bool, np.bool_)) or not isinstance(max_coords, (int, np.integer)):
+            raise TypeError(f"gradcheck: max_coords must be an integer or None, got {max_coords!r}")
+        if max_coords < 1:
+            raise ValueError(f"gradcheck: max_coords must be at least 1 (or None for every coordinate), "
+                             f"got {max_coords}")
+    if not isinstance(params, (bool, np.bool_)) and (isinstance(params, str) or not _is_name_sequence(params)):
+        raise TypeError(f"gradcheck: params must be True, False or a sequence of parameter names, got {params!r}")
     rng = np.random.default_rng(seed)
     if isinstance(target, Module):
         reports, roundoff = _check_module(target, inputs, eps, atol, rtol, max_coords, params, rng)
@@ -205,6 +213,24 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     if raise_exception and not result.passed:
         raise GradcheckError("gradient check failed:\n" + str(result))
     return result
+
+
+def _real(value, name: str, positive: bool = False) -> float:
+    """A finite real number (> 0 if ``positive``, else >= 0): a NaN tolerance would pass every comparison."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"gradcheck: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"gradcheck: {name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value}")
+    return value
+
+
+def _is_name_sequence(params) -> bool:
+    try:
+        return all(isinstance(p, str) for p in params)
+    except TypeError:
+        return False
 
 
 def _require_float64(array, name):
@@ -305,9 +331,18 @@ def _shape(text: str) -> tuple:
     return dims
 
 
-def _targets():
-    """name -> function(args, rng) returning (target, inputs, kwargs) for gradcheck."""
+def _targets(backend: str):
+    """name -> function(args, rng) returning (target, inputs, kwargs) for gradcheck.
+
+    Operations are the ``backend`` rows of :mod:`numpymnv2.ops` (cross-entropy runs on NumPy on both); blocks
+    and the network run on whichever backend is active, so call this under ``use_backend(backend)``.
+    """
     from numpymnv2 import functional as F
+    from numpymnv2 import ops as O
+
+    def pair(op):
+        impl = op.on(backend)
+        return impl.forward, impl.backward
 
     def nhwc(args, rng):
         if len(args.shape) != 4:
@@ -317,18 +352,17 @@ def _targets():
     def conv2d(args, rng):
         x = nhwc(args, rng)
         w = rng.standard_normal((args.out_channels, args.kernel, args.kernel, x.shape[-1])) * 0.3
-        return (F.conv2d_forward, F.conv2d_backward), (x, w), dict(stride=args.stride, padding=args.padding)
+        return pair(O.CONV2D), (x, w), dict(stride=args.stride, padding=args.padding)
 
     def depthwise(args, rng):
         x = nhwc(args, rng)
         w = rng.standard_normal((args.kernel, args.kernel, x.shape[-1])) * 0.3
-        return ((F.depthwise_conv2d_forward, F.depthwise_conv2d_backward), (x, w),
-                dict(stride=args.stride, padding=args.padding))
+        return pair(O.DEPTHWISE_CONV2D), (x, w), dict(stride=args.stride, padding=args.padding)
 
     def pointwise(args, rng):
         x = nhwc(args, rng)
         T = rng.standard_normal((args.out_channels, x.shape[-1])) * 0.3
-        return (F.pointwise_conv2d_forward, F.pointwise_conv2d_backward), (x, T), {}
+        return pair(O.POINTWISE_CONV2D), (x, T), {}
 
     def batchnorm(args, rng):
         x = nhwc(args, rng)
@@ -338,10 +372,11 @@ def _targets():
 
         def forward(x, gamma, beta, activation=None):
             # fresh copies: the running statistics must not drift between the finite-difference calls
-            return F.batchnorm_act_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), not args.eval,
-                                           activation=activation)
+            return bn_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), not args.eval,
+                              activation=activation)
 
-        return (forward, F.batchnorm_act_backward), (x, gamma, beta), dict(activation=args.activation)
+        bn_forward, bn_backward = pair(O.BATCHNORM_ACT)
+        return (forward, bn_backward), (x, gamma, beta), dict(activation=args.activation)
 
     def activation(fwd, bwd):
         def make(args, rng):
@@ -350,7 +385,7 @@ def _targets():
         return make
 
     def pool(args, rng):
-        return (F.global_avg_pool_forward, F.global_avg_pool_backward), (nhwc(args, rng),), {}
+        return pair(O.GLOBAL_AVG_POOL), (nhwc(args, rng),), {}
 
     def linear(args, rng):
         if len(args.shape) != 2:
@@ -358,12 +393,14 @@ def _targets():
         x = rng.uniform(-1, 1, args.shape)
         w = rng.standard_normal((args.out_channels, x.shape[1])) * 0.3
         b = rng.standard_normal(args.out_channels)
-        return (F.linear_forward, F.linear_backward), (x, w, b), {}
+        return pair(O.LINEAR), (x, w, b), {}
 
     def dropout(args, rng):
+        dropout_forward, dropout_backward = pair(O.DROPOUT)
+
         def forward(x, p):
-            return F.dropout_forward(x, p, True, np.random.default_rng(args.seed))
-        return (forward, F.dropout_backward), (nhwc(args, rng),), dict(p=args.p)
+            return dropout_forward(x, p, True, np.random.default_rng(args.seed))
+        return (forward, dropout_backward), (nhwc(args, rng),), dict(p=args.p)
 
     def cross_entropy(args, rng):
         if len(args.shape) != 2:
@@ -395,7 +432,7 @@ def _targets():
 
     return {
         "conv2d": conv2d, "depthwise": depthwise, "pointwise": pointwise, "batchnorm": batchnorm,
-        "relu6": activation(F.relu6_forward, F.relu6_backward), "relu": activation(F.relu_forward, F.relu_backward),
+        "relu6": activation(*pair(O.RELU6)), "relu": activation(*pair(O.RELU)),
         "global-avg-pool": pool, "linear": linear, "dropout": dropout, "cross-entropy": cross_entropy,
         "inverted-residual": block, "mobilenetv2": network,
     }
@@ -415,34 +452,41 @@ def _randomize_bn(module: Module, rng: np.random.Generator) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    from numpymnv2 import _argtypes as T
     p.add_argument("target", choices=sorted(_TARGET_NAMES), help="operation, block or network to check")
     p.add_argument("--shape", type=_shape, default=(2, 7, 7, 4),
                    help="input shape: N,H,W,C for image ops and blocks, N,D for linear/cross-entropy, "
                         "N for mobilenetv2 (default 2,7,7,4)")
-    p.add_argument("--out-channels", type=int, default=6, help="output channels / features / classes")
-    p.add_argument("--kernel", type=int, default=3)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--padding", type=int, default=1)
-    p.add_argument("--expand-ratio", type=int, default=6, help="inverted-residual: t")
+    p.add_argument("--backend", choices=("fast", "reference"), default="fast",
+                   help="which implementation to check: fast (the Numba kernels, where an operation has one) or "
+                        "reference (the readable NumPy code); applies to every target (default: fast)")
+    p.add_argument("--out-channels", type=T.positive_int, default=6, help="output channels / features / classes")
+    p.add_argument("--kernel", type=T.positive_int, default=3, help="convolution kernel size (default 3)")
+    p.add_argument("--stride", type=T.positive_int, default=1, help="convolution stride (default 1)")
+    p.add_argument("--padding", type=T.nonnegative_int, default=1, help="zero padding on each side (default 1)")
+    p.add_argument("--expand-ratio", type=T.positive_int, default=6, help="inverted-residual: t")
     p.add_argument("--activation", choices=["relu6", "relu"], default=None, help="batchnorm: fused activation")
     p.add_argument("--eval", action="store_true", help="evaluation mode (running statistics)")
-    p.add_argument("--p", type=float, default=0.2, help="dropout probability")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--width", type=float, default=0.35, help="mobilenetv2: width multiplier")
-    p.add_argument("--resolution", type=int, default=32, help="mobilenetv2: input height and width")
+    p.add_argument("--p", type=T.fraction, default=0.2, help="dropout probability")
+    p.add_argument("--label-smoothing", type=T.fraction, default=0.0, help="cross-entropy: label smoothing")
+    p.add_argument("--width", type=T.positive_float, default=0.35, help="mobilenetv2: width multiplier")
+    p.add_argument("--resolution", type=T.resolution, default=32, help="mobilenetv2: input height and width")
     p.add_argument("--preset", choices=["cifar", "imagenet"], default="cifar",
                    help="mobilenetv2: strides (cifar: stem and second row at stride 1, for 32x32 inputs)")
-    p.add_argument("--params", type=int, default=None,
+    p.add_argument("--params", type=T.positive_int, default=None,
                    help="check this many randomly chosen parameter arrays (default: all; 8 for mobilenetv2)")
-    p.add_argument("--max-coords", type=int, default=None,
+    p.add_argument("--max-coords", type=T.nonnegative_int, default=None,
                    help="coordinates checked per array (0: all; default 20, 3 for mobilenetv2)")
-    p.add_argument("--eps", type=float, default=None,
+    p.add_argument("--eps", type=T.positive_float, default=None,
                    help="finite-difference step (default 1e-6; 1e-9 for mobilenetv2, where a larger step moves "
                         "some of its many ReLU6 inputs across a kink)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=T.nonnegative_float, default=None,
                    help="absolute tolerance (default 1e-5; for mobilenetv2 1e-6 times its largest gradient)")
-    p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtol", type=T.nonnegative_float, default=1e-3,
+                   help="relative tolerance: a coordinate passes if |analytic - numeric| <= atol + rtol |numeric| "
+                        "(default 1e-3)")
+    p.add_argument("--seed", type=T.nonnegative_int, default=0,
+                   help="seeds the inputs, the weights, the projection R and the coordinates checked (default 0)")
 
 
 _TARGET_NAMES = ("conv2d", "depthwise", "pointwise", "batchnorm", "relu6", "relu", "global-avg-pool", "linear",
@@ -450,9 +494,21 @@ _TARGET_NAMES = ("conv2d", "depthwise", "pointwise", "batchnorm", "relu6", "relu
 
 
 def run(args) -> int:
+    from numpymnv2.backend import use_backend
+    with use_backend(args.backend):
+        result = _run_check(args)
+    print(f"gradcheck {args.target} (backend: {args.backend})")
+    print(result)
+    return 0 if result.passed else 1
+
+
+def _run_check(args) -> GradcheckResult:
     rng = np.random.default_rng(args.seed)
-    target, inputs, kwargs = _targets()[args.target](args, rng)
     network = args.target == "mobilenetv2"
+    if network:
+        from numpymnv2.models.footprint import check_model_fits
+        check_model_fits(dict(num_classes=args.out_channels, width_mult=args.width, dtype="float64"))
+    target, inputs, kwargs = _targets(args.backend)[args.target](args, rng)
     eps = args.eps if args.eps is not None else (1e-9 if network else 1e-6)
     max_coords = args.max_coords if args.max_coords is not None else (3 if network else 20)
     n_params = args.params if args.params is not None else (8 if network else None)
@@ -469,11 +525,8 @@ def run(args) -> int:
             target.backward(rng.standard_normal(target(inputs).shape))
             atol = 1e-6 * max(float(np.abs(p.grad).max()) for p in target.parameters())
             target.zero_grad()
-    result = gradcheck(target, inputs, eps=eps, atol=atol, rtol=args.rtol, max_coords=max_coords or None,
-                       params=params, seed=args.seed, **kwargs)
-    print(f"gradcheck {args.target}")
-    print(result)
-    return 0 if result.passed else 1
+    return gradcheck(target, inputs, eps=eps, atol=atol, rtol=args.rtol, max_coords=max_coords or None,
+                     params=params, seed=args.seed, **kwargs)
 
 
 if __name__ == "__main__":

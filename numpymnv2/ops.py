@@ -31,6 +31,7 @@ from numpymnv2.functional import pooling as ref_pooling
 from numpymnv2.functional import residual as ref_residual
 from numpymnv2.kernels import activation as fast_activation
 from numpymnv2.kernels import batchnorm as fast_batchnorm
+from numpymnv2.kernels import conv2d as fast_conv2d
 from numpymnv2.kernels import depthwise as fast_depthwise
 from numpymnv2.kernels import fused as fast_fused
 
@@ -61,7 +62,10 @@ def _same(forward: Callable, backward: Callable) -> tuple[Impl, Impl]:
     return Impl(forward, backward), Impl(forward, backward)
 
 
-CONV2D = Op("conv2d", *_same(ref_conv2d.conv2d_forward, ref_conv2d.conv2d_backward))       # im2col + BLAS
+CONV2D = Op(                                        # im2col + BLAS; the fast pair gathers the patches in Numba
+    "conv2d",
+    reference=Impl(ref_conv2d.conv2d_forward, ref_conv2d.conv2d_backward),
+    fast=Impl(fast_conv2d.conv2d_forward, fast_conv2d.conv2d_backward))
 DEPTHWISE_CONV2D = Op(
     "depthwise_conv2d",
     reference=Impl(ref_depthwise.depthwise_conv2d_forward, ref_depthwise.depthwise_conv2d_backward),

@@ -202,7 +202,7 @@ CLI_CASES = [
 def test_cli_gradcheck_passes_for_every_functional_target(args, capsys):
     assert main(["gradcheck", *args]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"gradcheck {args[0]}\n") and "PASSED" in out
+    assert out.startswith(f"gradcheck {args[0]} (backend: fast)\n") and "PASSED" in out
 
 
 def test_cli_bad_shape(capsys):
@@ -251,7 +251,69 @@ def test_unresolvable_gradient_is_judged_against_the_roundoff():
 
 
 def test_bad_step_and_coordinate_count(xw):
-    with pytest.raises(ValueError, match="eps must be positive, got 0"):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
         mn.gradcheck((square_forward, square_backward), xw, eps=0)
     with pytest.raises(ValueError, match="max_coords must be at least 1"):
         mn.gradcheck((square_forward, square_backward), xw, max_coords=0)     # would check nothing and pass
+
+
+@pytest.mark.parametrize("name, value, error", [("atol", float("nan"), ValueError), ("rtol", float("nan"), ValueError),
+                                                ("atol", -1e-5, ValueError), ("rtol", float("inf"), ValueError),
+                                                ("eps", float("nan"), ValueError), ("eps", float("inf"), ValueError),
+                                                ("atol", "1e-5", TypeError), ("eps", True, TypeError)])
+def test_tolerances_and_step_are_validated(xw, name, value, error):
+    with pytest.raises(error, match=name):
+        mn.gradcheck((square_forward, square_backward), xw, **{name: value})
+
+
+def test_a_nan_gradient_fails_whatever_the_tolerance(xw):
+    def nan_backward(dout, cache):
+        x, w = cache
+        return np.full_like(x, np.nan), x * x * dout
+
+    result = mn.gradcheck((square_forward, nan_backward), xw, atol=1e3, rtol=1e3)
+    assert not result.passed and "FAILED" in str(result)
+
+
+def test_params_must_be_a_flag_or_names():
+    from numpymnv2 import nn
+    module = nn.Linear(3, 2, rng=np.random.default_rng(0), dtype="float64")
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    for bad in (4, "weight", 2.5):
+        with pytest.raises(TypeError, match="params must be True, False or a sequence of parameter names"):
+            mn.gradcheck(module, x, params=bad)
+    assert mn.gradcheck(module, x, params=["weight"]).passed
+
+
+@pytest.mark.parametrize("argv", [["--rtol", "nan"], ["--atol", "nan"], ["--atol", "-1"], ["--eps", "0"],
+                                  ["--out-channels", "0"], ["--kernel", "0"], ["--stride", "0"], ["--params", "0"],
+                                  ["--p", "1"], ["--resolution", "16"], ["--width", "nan"]])
+def test_cli_rejects_impossible_settings_before_checking(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["gradcheck", "conv2d", *argv])
+    assert exc.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["depthwise", "batchnorm", "inverted-residual"])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_cli_checks_the_chosen_backend_and_says_so(target, backend, capsys, monkeypatch):
+    from numpymnv2 import ops
+    ran = []
+    real_on = ops.Op.on
+
+    def spying_on(self, name):
+        ran.append(name)
+        return real_on(self, name)
+
+    monkeypatch.setattr(ops.Op, "on", spying_on)
+    real_active = ops.Op.active
+
+    def spying_active(self):
+        ran.append(mn.get_backend())
+        return real_active(self)
+
+    monkeypatch.setattr(ops.Op, "active", spying_active)
+    assert main(["gradcheck", target, "--shape", "2,5,5,4", "--out-channels", "4", "--max-coords", "2",
+                 "--backend", backend]) == 0
+    assert capsys.readouterr().out.startswith(f"gradcheck {target} (backend: {backend})\n")
+    assert ran and set(ran) == {backend}

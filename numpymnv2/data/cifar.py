@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from numpymnv2._memory import format_bytes
+from numpymnv2._untrusted import byte_budget, regular_file_size
 from numpymnv2.data.dataset import Dataset, check_split, find_file, resolve_data_dir
 
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -25,6 +27,7 @@ TRAIN_FILES = [f"data_batch_{k}.bin" for k in range(1, 6)]
 TEST_FILE = "test_batch.bin"
 META_FILE = "batches.meta.txt"
 SUBFOLDER = "cifar-10-batches-bin"
+MAX_META_BYTES = 1 << 20
 
 
 def read_cifar_batch(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +44,19 @@ def read_cifar_batch(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarra
         The file is empty, its size is not a whole number of 3,073-byte records, or a label is >= num_classes.
     """
     path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8)
-    n, extra = divmod(data.size, RECORD_BYTES)
+    size = regular_file_size(path, "cifar10")
+    n, extra = divmod(size, RECORD_BYTES)
     if n == 0 or extra:
         raise ValueError(f"{path}: expected a whole, non-zero number of {RECORD_BYTES}-byte records "
-                         f"(1 label byte + 3072 pixel bytes), got {data.size} bytes = {n} records and "
+                         f"(1 label byte + 3072 pixel bytes), got {size} bytes = {n} records and "
                          f"{extra} bytes of a partial record")
+    budget = byte_budget()
+    if size > budget:
+        raise ValueError(f"{path}: {format_bytes(size)} of records, more than the {format_bytes(budget)} a file "
+                         f"may take here")
+    data = np.fromfile(path, dtype=np.uint8, count=size)
+    if data.size != size:
+        raise ValueError(f"{path}: the file shrank while it was read ({data.size} of {size} bytes)")
     records = data.reshape(n, RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
     if labels.max() >= num_classes:
@@ -61,7 +71,13 @@ def _read_class_names(folder: Path) -> list[str]:
     path = folder / META_FILE
     if not path.is_file():
         return list(CIFAR10_CLASSES)
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if regular_file_size(path, "cifar10") > MAX_META_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_META_BYTES} bytes; expected one class name per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc}); expected one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path}: expected one class name per line, got an empty file")
     return names

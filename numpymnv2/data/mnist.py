@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from numpymnv2._memory import format_bytes
+from numpymnv2._untrusted import byte_budget
 from numpymnv2.data.dataset import Dataset, check_split, find_file, resolve_data_dir
 
 IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -39,56 +42,93 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 _FILE_STEMS = {"train": ("train-images", "train-labels"), "test": ("t10k-images", "t10k-labels")}
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, gunzipped when the name ends in ``.gz``; a damaged gzip stream is a ValueError."""
-    if path.suffix != ".gz":
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"{path}: not a complete gzip file ({exc})") from exc
+def _open_idx(path: Path):
+    """The file, or its decompressed stream when the name ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_idx(path, expected_magic: int | None = None) -> np.ndarray:
+def _read_exactly(f, n: int) -> bytearray:
+    """Up to ``n`` bytes (fewer only at the end of the stream). The buffer grows with what is really read, so a
+    header announcing more than the file holds costs nothing."""
+    buf = bytearray()
+    while len(buf) < n:
+        piece = f.read(min(n - len(buf), 1 << 24))
+        if not piece:
+            break
+        buf += piece
+    return buf
+
+
+def read_idx(path, expected_magic: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read one IDX file (raw or ``.gz``) into an array in native byte order.
+
+    The header is read first and the data size it announces is checked (against the file size for a raw
+    file, against ``max_bytes``) before any of the data is read; a ``.gz`` file is decompressed as a stream that
+    stops at the announced size, so a small archive that inflates to gigabytes is refused, not inflated.
 
     Parameters
     ----------
     path : str or Path
     expected_magic : int, optional
         Reject any other magic number, e.g. ``IMAGES_MAGIC`` (2051) or ``LABELS_MAGIC`` (2049).
+    max_bytes : int, optional
+        The most data a header may announce (default: half the available memory, at most 8 GB).
 
     Raises
     ------
     ValueError
-        Wrong or unknown magic number, a header or body shorter than the header announces, or trailing bytes.
+        Wrong or unknown magic number, a header or body shorter than the header announces, trailing bytes, an
+        announced size beyond ``max_bytes``, or a damaged gzip stream.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise ValueError(f"{path}: truncated IDX file: expected at least a 4-byte header, got {len(data)} bytes")
-    magic = int.from_bytes(data[:4], "big")
-    if expected_magic is not None and magic != expected_magic:
-        raise ValueError(f"{path}: wrong magic number: expected {expected_magic} (0x{expected_magic:08X}), "
-                         f"got {magic} (0x{magic:08X}); is this the right file (images vs labels)?")
-    zero, type_code, ndim = data[0:2], data[2], data[3]
-    if zero != b"\x00\x00" or type_code not in IDX_TYPES or ndim == 0:
-        raise ValueError(f"{path}: not an IDX file: magic number 0x{magic:08X} does not start with two zero "
-                         f"bytes, a known element type and a dimension count")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header: expected {header} bytes for {ndim} dimensions, "
-                         f"got {len(data)}")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_TYPES[type_code]
-    expected = header + math.prod(shape) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated IDX file" if len(data) < expected else "IDX file has trailing bytes"
+    budget = byte_budget(max_bytes)
+    try:
+        with _open_idx(path) as f:
+            head = _read_exactly(f, 4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: truncated IDX file: expected at least a 4-byte header, got "
+                                 f"{len(head)} bytes")
+            magic = int.from_bytes(head, "big")
+            if expected_magic is not None and magic != expected_magic:
+                raise ValueError(f"{path}: wrong magic number: expected {expected_magic} (0x{expected_magic:08X}), "
+                                 f"got {magic} (0x{magic:08X}); is this the right file (images vs labels)?")
+            zero, type_code, ndim = head[0:2], head[2], head[3]
+            if zero != b"\x00\x00" or type_code not in IDX_TYPES or ndim == 0:
+                raise ValueError(f"{path}: not an IDX file: magic number 0x{magic:08X} does not start with two "
+                                 f"zero bytes, a known element type and a dimension count")
+            header = 4 + 4 * ndim
+            sizes = _read_exactly(f, 4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header: expected {header} bytes for {ndim} dimensions, "
+                                 f"got {4 + len(sizes)}")
+            shape = tuple(int.from_bytes(sizes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = IDX_TYPES[type_code]
+            nbytes = math.prod(shape) * dtype.itemsize
+            expected = header + nbytes
+            if path.suffix != ".gz":
+                actual = os.fstat(f.fileno()).st_size
+                if actual != expected:
+                    what = "truncated IDX file" if actual < expected else "IDX file has trailing bytes"
+                    raise ValueError(f"{path}: {what}: the header announces shape {shape} of {dtype.name}, so "
+                                     f"expected {expected} bytes, got {actual}")
+            if nbytes > budget:
+                raise ValueError(f"{path}: the header announces shape {shape} of {dtype.name} "
+                                 f"({format_bytes(nbytes)}), more than the {format_bytes(budget)} a file may take")
+            data = _read_exactly(f, nbytes)
+            trailing = f.read(1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path}: not a complete gzip file ({exc})") from exc
+    except OSError as exc:
+        if path.suffix == ".gz" and not isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise ValueError(f"{path}: not a complete gzip file ({exc})") from exc
+        raise
+    if len(data) < nbytes or trailing:
+        got = header + len(data) + len(trailing)
+        what = "truncated IDX file" if len(data) < nbytes else "IDX file has trailing bytes"
         raise ValueError(f"{path}: {what}: the header announces shape {shape} of {dtype.name}, so expected "
-                         f"{expected} bytes, got {len(data)}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+                         f"{expected} bytes, got {got}{' or more' if trailing else ''}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)     # writable: it views a bytearray
+    return array.astype(dtype.newbyteorder("="), copy=False)    # native byte order (no copy for bytes)
 
 
 def _load_idx_pair(data_dir, split: str, dataset: str, subfolder: str, classes: list[str]) -> Dataset:

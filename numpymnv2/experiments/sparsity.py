@@ -47,10 +47,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from numpymnv2._untrusted import npz_names
 
 __all__ = ["MODES", "LayerSparsity", "SparsityReport", "depthwise_sparsity", "depthwise_kernels", "load_state",
            "format_table", "plot_sparsity", "configure_parser", "run"]
@@ -208,9 +211,8 @@ def _is_checkpoint(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return "meta/format" in getattr(data, "files", ())
-    except (OSError, ValueError, EOFError):
+        return "meta/format" in npz_names(path)  # the archive's directory only: nothing is decompressed
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False                             # read_weights gives the error that names the problem
 
 

@@ -38,9 +38,12 @@ def softmax_cross_entropy(logits: np.ndarray, labels, label_smoothing: float = 0
     if labels.shape != (N,):
         raise ValueError(f"softmax_cross_entropy: expected labels of shape ({N},) for logits {logits.shape}, "
                          f"got {labels.shape}")
+    if N == 0 or K == 0:
+        raise ValueError(f"softmax_cross_entropy: expected at least one sample and one class, got logits of shape "
+                         f"{logits.shape} (the mean over an empty batch is undefined)")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"softmax_cross_entropy: expected integer labels, got dtype {labels.dtype}")
-    if N and (labels.min() < 0 or labels.max() >= K):
+    if labels.min() < 0 or labels.max() >= K:
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {K}), got values in "
                          f"[{labels.min()}, {labels.max()}]")
     if not 0.0 <= label_smoothing < 1.0:

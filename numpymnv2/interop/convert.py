@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
+
+from numpymnv2._argtypes import check_distinct_output
+from numpymnv2._memory import format_bytes
+from numpymnv2._untrusted import byte_budget, regular_file_size, zip_claimed_bytes
 
 
 def _import_torch():
@@ -21,14 +26,26 @@ def _import_torch():
     return torch
 
 
-def load_torch_state_dict(path) -> dict:
+# A torchvision MobileNetV2 state_dict is 14 MB (width 1.0) to 25 MB (1.4); even 21,000 classes stay below this.
+MAX_PTH_BYTES = 1024 ** 3
+
+
+def load_torch_state_dict(path, max_bytes: int = MAX_PTH_BYTES) -> dict:
     """Read a torchvision state_dict saved with ``torch.save(model.state_dict(), path)`` as numpy arrays.
 
-    A checkpoint dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
+    A checkpoint dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped. Before torch
+    reads the file, its size (and for the zip format of PyTorch >= 1.6, the uncompressed size of every record)
+    is compared with ``max_bytes``, so a small hostile file cannot make it allocate gigabytes.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"convert: no such file: {path}")
+    budget = byte_budget(max_bytes)
+    claimed = zip_claimed_bytes(path) if zipfile.is_zipfile(path) else regular_file_size(path, "convert")
+    if claimed > budget:
+        raise ValueError(f"convert: {path} holds {format_bytes(claimed)} of tensors (uncompressed), more than the "
+                         f"{format_bytes(budget)} a MobileNetV2 state_dict can need; not the file you meant, or "
+                         f"hostile")
     torch = _import_torch()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -47,8 +64,11 @@ def load_torch_state_dict(path) -> dict:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="torchvision MobileNetV2 state_dict (.pth) from torch.save(model.state_dict())")
     p.add_argument("output", help="numpymnv2 weights file to write (.npz)")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier the weights were trained with")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: read from the file)")
+    from numpymnv2 import _argtypes as T
+    p.add_argument("--width", type=T.positive_float, default=1.0,
+                   help="width multiplier the weights were trained with")
+    p.add_argument("--num-classes", type=T.positive_int, default=None,
+                   help="classifier outputs (default: read from the file)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
 
 
@@ -56,6 +76,7 @@ def run(args) -> int:
     from numpymnv2.interop.torchvision import from_torchvision
     from numpymnv2.models.io import save_weights
 
+    check_distinct_output(args.output, args.source)
     try:
         state = load_torch_state_dict(args.source)
     except RuntimeError as exc:

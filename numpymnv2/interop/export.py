@@ -44,11 +44,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from numpymnv2._argtypes import check_distinct_output
     from numpymnv2.interop.onnx import to_onnx
 
     if not 0 < args.tolerance < 1:
         raise ValueError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+    check_distinct_output(args.output, args.source)
     try:
+        check_replaceable(args.output)
         model, preprocess, classes, kind = load_source(args.source, args.arch, args.width, args.num_classes)
         if args.preprocess and preprocess is None:
             raise ValueError(f"--preprocess needs the preprocessing record of a training checkpoint, and "
@@ -65,6 +68,8 @@ def run(args) -> int:
         shape = f"uint8 RGB (batch, height, width, 3), resized to {R}x{R} and normalised in the graph"
     else:
         shape = "float32 (batch, height, width, 3) NHWC, preprocessed as for model(x)"
+    if model.config["dtype"] != "float32":
+        print(f"note: the model is {model.config['dtype']}; the graph computes in float32 (its weights rounded)")
     print(f"wrote {result.path}: {result.size_bytes / 1e6:.1f} MB, opset {result.opset}; input "
           f"'{result.input_name}' {shape}; output '{result.output_name}' (batch, {model.num_classes})")
     if result.check is None:
@@ -72,6 +77,29 @@ def run(args) -> int:
     else:
         print(f"checked: {result.check}")
     return 0
+
+
+def check_replaceable(output) -> None:
+    """An existing ``output`` is replaced only when it is an ONNX model (a re-export), never another file.
+
+    ``numpymnv2 export best.npz notes.txt`` is far more likely a slip than a wish to lose the notes.
+    """
+    from numpymnv2.interop.onnx import import_onnx
+
+    p = Path(output)
+    if not p.is_file():
+        return                      # absent (written), or a folder (to_onnx says what to give instead)
+    onnx = import_onnx()
+    is_onnx = False
+    if p.stat().st_size < 2 ** 31:  # protobuf's limit; ONNX files above it keep their weights elsewhere
+        try:
+            proto = onnx.load_model_from_string(p.read_bytes())
+            is_onnx = proto.ir_version > 0 and len(proto.graph.node) > 0
+        except Exception:           # protobuf's DecodeError and friends: not an ONNX model
+            is_onnx = False
+    if not is_onnx:
+        raise ValueError(f"{p} exists and is not an ONNX model; export replaces only an earlier export: remove "
+                         f"the file or choose another name")
 
 
 def describe(model) -> str:

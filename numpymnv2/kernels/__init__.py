@@ -2,19 +2,23 @@
 :mod:`numpymnv2.functional`.
 
 Only the memory-bound operations have kernels here: the depthwise convolution (:mod:`.depthwise`), BatchNorm
-(:mod:`.batchnorm`), BatchNorm + activation + residual in one pass (:mod:`.fused`) and ReLU6
-(:mod:`.activation`). The pointwise convolutions, the stem and the classifier are BLAS products and run the
-NumPy code on both backends; :mod:`numpymnv2.ops` is the table of which function each backend runs.
-Importing this package configures the thread pools once (see :mod:`numpymnv2.kernels._threads`).
+(:mod:`.batchnorm`), BatchNorm + activation + residual in one pass (:mod:`.fused`), ReLU6 (:mod:`.activation`)
+and the patch gathering around the stem's BLAS product (:mod:`.conv2d`). The pointwise convolutions and the
+classifier are BLAS products and run the NumPy code on both backends; :mod:`numpymnv2.ops` is the table of which
+function each backend runs. :mod:`.optim` holds the SGD update in one pass.
+Importing this package configures the thread pools once (see :mod:`numpymnv2.kernels._threads`) and lets glibc
+keep freed big arrays for the next step (see :mod:`numpymnv2.kernels._memory`).
 """
-from numpymnv2.kernels import _threads
+from numpymnv2.kernels import _memory, _threads
 
 _threads.configure()
+_memory.configure()
 
 from numpymnv2.kernels.activation import relu6_backward, relu6_forward  # noqa: E402
 from numpymnv2.kernels.batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402
+from numpymnv2.kernels.conv2d import conv2d_backward, conv2d_forward  # noqa: E402
 from numpymnv2.kernels.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward  # noqa: E402
 from numpymnv2.kernels.fused import batchnorm_act_backward, batchnorm_act_forward  # noqa: E402
 
 __all__ = ["batchnorm_act_backward", "batchnorm_act_forward", "batchnorm_backward", "batchnorm_forward",
-           "depthwise_conv2d_backward", "depthwise_conv2d_forward", "relu6_backward", "relu6_forward"]
+           "conv2d_backward", "conv2d_forward", "depthwise_conv2d_backward", "depthwise_conv2d_forward", "relu6_backward", "relu6_forward"]

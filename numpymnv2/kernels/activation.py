@@ -20,15 +20,18 @@ ACTIVATION_CODES = {None: ACT_NONE, "relu6": ACT_RELU6, "relu": ACT_RELU}
 BLOCK = 16384    # elements of the raveled array per row of the ReLU6 kernels
 
 
-# activation and activation_grad return once, at the end: with a return per case the BatchNorm normalisation
-# with a residual and no activation took 1.28x the time.
+# The constants are made in the argument's type (``type(z)(0)``): with the integer literals 0 and 6 Numba computes
+# in float64 and converts back, which kept LLVM from vectorising float32 loops. Measured on the 2-core machine (one
+# thread): ReLU6 over 2^20 float32 values 0.20 -> 0.09 ms; the BatchNorm + ReLU6 gradient sums at batch 32,
+# 16x16x96 0.35 -> 0.21 ms. Each function returns once, at the end: with a return per case the BatchNorm
+# normalisation with a residual and no activation took 1.28x the time.
 @njit(cache=True, inline="always")
 def activation(z, act):
-    """``act(z)`` for the code ``act``: ``min(max(z, 0), 6)``, ``max(z, 0)`` or ``z``."""
+    """``act(z)`` for the code ``act``: ``min(max(z, 0), 6)``, ``max(z, 0)`` or ``z``, in the type of ``z``."""
     if act == ACT_RELU6:
-        z = min(max(z, 0), 6)
+        z = min(max(z, type(z)(0)), type(z)(6))
     elif act == ACT_RELU:
-        z = max(z, 0)
+        z = max(z, type(z)(0))
     return z
 
 
@@ -40,10 +43,10 @@ def activation_grad(g, z, act):
     """
     if act == ACT_RELU6:
         if not (z > 0 and z < 6):
-            g = 0 * g
+            g = type(g)(0) * g
     elif act == ACT_RELU:
         if not z > 0:
-            g = 0 * g
+            g = type(g)(0) * g
     return g
 
 

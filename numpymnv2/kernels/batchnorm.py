@@ -13,6 +13,14 @@ mode (the sums ``dL/dbeta``, ``dL/dgamma``, then ``dL/dx``) and one in evaluatio
 of :func:`numpymnv2.functional.batchnorm.batchnorm_forward` and
 :func:`~numpymnv2.functional.batchnorm.batchnorm_backward`, whose Notes derive the collapsed input gradient
 used here.
+
+SyncBatchNorm (``allreduce``, see :mod:`numpymnv2.functional.batchnorm`): the forward's float64 sums
+``[sum d, sum d^2]`` and the count ``M`` are summed over the processes between the sums pass and the
+normalisation, the backward's ``[dL/dbeta, dL/dgamma]`` and ``M`` between the sums pass and the ``dL/dx`` pass,
+one call each. Sums of ``x - shift`` add up across processes only if every process takes the same ``shift``:
+there it is the running mean, the same on every process (they all update it with the same statistics), an
+estimate of the batch mean after the first steps (0 at the start, when the inputs of a freshly initialised
+network are of order one anyway). One process keeps its own first sample, as without ``allreduce``.
 """
 from __future__ import annotations
 
@@ -136,9 +144,11 @@ def _parameter_gradients(sums, gamma, inv_std, M, training, dgamma, dbeta, k_dy,
         k_xhat[c] = g * sums[1, c] / M if training else 0.0
 
 
-def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, act, residual):
+def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, act, residual,
+                   allreduce=None):
     """``(y, x_hat, inv_std)`` of ``y = act(gamma x_hat + beta) (+ residual)``, running statistics updated in
-    place in training mode; the body of :func:`batchnorm_forward` and of the fused forward."""
+    place in training mode; the body of :func:`batchnorm_forward` and of the fused forward. ``allreduce``:
+    SyncBatchNorm (module docstring)."""
     dt = x.dtype
     N, H, W, C = x.shape
     x = np.ascontiguousarray(x)
@@ -147,11 +157,17 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
     inv_std = np.empty(C, dtype=dt)
     if training:
         M = N * H * W
-        if M < 2:
+        if M < 2 and allreduce is None:
             raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
                              f"{x.shape}")
-        shift = x[0, 0, 0].copy()
+        shift = (x[0, 0, 0] if allreduce is None else running_mean).astype(dt)      # a copy: see above
         sums = _shifted_sums(work, rows, (x, shift), (2, C))
+        if allreduce is not None:       # the whole batch's sums and count, every process's values
+            total = allreduce(np.append(sums.ravel(), M))
+            sums, M = total[:-1].reshape(2, C), int(total[-1])
+            if M < 2:
+                raise ValueError(f"batchnorm: training mode needs more than one value per channel over all "
+                                 f"processes, got {M} (input shape {x.shape} here)")
         _batch_statistics(sums, shift, M, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
     else:
         mean[:] = running_mean
@@ -165,9 +181,10 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
     return y, x_hat, inv_std
 
 
-def bn_act_backward(dout, x_hat, inv_std, gamma, beta, training, act):
+def bn_act_backward(dout, x_hat, inv_std, gamma, beta, training, act, allreduce=None):
     """``(dx, dgamma, dbeta)`` for :func:`bn_act_forward`'s ``y``; the body of :func:`batchnorm_backward` and of
-    the fused backward (which adds the residual's gradient)."""
+    the fused backward (which adds the residual's gradient). With ``allreduce`` (SyncBatchNorm) ``dx`` uses the
+    whole batch's sums and ``dgamma``, ``dbeta`` are this process's."""
     dt = x_hat.dtype
     N, H, W, C = x_hat.shape
     rows, work = N * H, x_hat.size
@@ -183,14 +200,22 @@ def bn_act_backward(dout, x_hat, inv_std, gamma, beta, training, act):
         sums = _eval_grad(work, rows, (dout, x_hat, gamma, beta, act, k_dy, dx), (2, C))
         _parameter_gradients(sums, gamma, inv_std, N * H * W, False, dgamma, dbeta, k_dy, k_0, k_xhat)
         return dx, dgamma, dbeta
-    sums = _grad_sums(work, rows, (dout, x_hat, gamma, beta, act), (2, C))
-    _parameter_gradients(sums, gamma, inv_std, N * H * W, True, dgamma, dbeta, k_dy, k_0, k_xhat)
+    sums, M = _grad_sums(work, rows, (dout, x_hat, gamma, beta, act), (2, C)), N * H * W
+    if allreduce is None:
+        _parameter_gradients(sums, gamma, inv_std, M, True, dgamma, dbeta, k_dy, k_0, k_xhat)
+    else:
+        # dx needs the whole batch's sums (mu and var were the whole batch's); the parameters get this shard's
+        total = allreduce(np.append(sums.ravel(), M))
+        _parameter_gradients(total[:-1].reshape(2, C), gamma, inv_std, int(total[-1]), True, dgamma, dbeta, k_dy,
+                             k_0, k_xhat)
+        dbeta[:], dgamma[:] = sums[0], sums[1]
     _input_grad(work, rows, (dout, x_hat, gamma, beta, act, k_dy, k_0, k_xhat, dx))
     return dx, dgamma, dbeta
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
-                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5):
+                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                      allreduce=None):
     """BatchNorm over ``(N, H, W)`` per channel; the fast path of
     :func:`numpymnv2.functional.batchnorm.batchnorm_forward` (same arguments, results, cache and in-place update
     of the running statistics).
@@ -201,6 +226,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     gamma, beta, running_mean, running_var : ndarray, shape (C,)
     training : bool
     momentum, eps : float
+    allreduce : callable, optional
+        SyncBatchNorm (see the module docstring).
 
     Returns
     -------
@@ -208,11 +235,11 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     cache : BatchNormCache
     """
     y, x_hat, inv_std = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                                       ACT_NONE, None)
+                                       ACT_NONE, None, allreduce)
     return y, BatchNormCache(x_hat, inv_std, gamma, bool(training))
 
 
-def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
+def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, allreduce=None):
     """Gradients of :func:`batchnorm_forward`; equations in
     :func:`numpymnv2.functional.batchnorm.batchnorm_backward`.
 
@@ -220,6 +247,8 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
     ----------
     dy : ndarray, shape (N, H, W, C)
     cache : BatchNormCache
+    allreduce : callable, optional
+        The forward's (SyncBatchNorm).
 
     Returns
     -------
@@ -227,7 +256,7 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
     dgamma, dbeta : ndarray, shape (C,)
     """
     x_hat, inv_std, gamma, training = cache
-    return bn_act_backward(dy, x_hat, inv_std, gamma, np.zeros_like(gamma), training, ACT_NONE)
+    return bn_act_backward(dy, x_hat, inv_std, gamma, np.zeros_like(gamma), training, ACT_NONE, allreduce)
 
 
 __all__ = ["batchnorm_backward", "batchnorm_forward"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import numpy as np
+
 from numpymnv2._checks import conv_output_size
 from numpymnv2.nn.layers import (BatchNorm2d, Conv2d, ConvBNAct, DepthwiseConv2d, Dropout, GlobalAvgPool2d, Linear,
                                  PointwiseConv2d, ReLU, ReLU6)
@@ -131,6 +133,9 @@ def summary(model: Module, resolution=224, leaves: bool = False) -> Summary:
     H, W = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     if min(H, W) < 1:
         raise ValueError(f"summary: resolution must be positive, got {resolution!r}")
+    check_input = getattr(model, "check_input", None)
+    if check_input is not None:     # the model's own rule (MobileNetV2: at least 32x32), on a stand-in batch
+        check_input(np.broadcast_to(np.zeros((), model.param_dtype()), (1, H, W, 3)), finite=False)
     shape = (H, W, 3)
     rows = []
     for name, unit in _units(model, leaves):
@@ -149,9 +154,10 @@ def summary(model: Module, resolution=224, leaves: bool = False) -> Summary:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    from numpymnv2 import _argtypes as T
+    p.add_argument("--width", type=T.positive_float, default=1.0, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=T.resolution, default=224, help="input height and width (default 224)")
+    p.add_argument("--num-classes", type=T.positive_int, default=1000, help="classifier outputs (default 1000)")
     p.add_argument("--preset", choices=["imagenet", "cifar"], default="imagenet",
                    help="cifar: stem stride 1 and the second row at stride 1, for 32x32 images")
     p.add_argument("--leaves", action="store_true", help="one row per layer instead of per block")
@@ -160,6 +166,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from numpymnv2.models.mobilenetv2 import MobileNetV2
 
+    from numpymnv2.models.footprint import check_model_fits
+    check_model_fits(dict(num_classes=args.num_classes, width_mult=args.width))
     build = MobileNetV2.cifar if args.preset == "cifar" else MobileNetV2
     model = build(num_classes=args.num_classes, width_mult=args.width, dropout=0.0)
     print(f"MobileNetV2 width_mult={args.width} num_classes={args.num_classes} preset={args.preset}")

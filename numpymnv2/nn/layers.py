@@ -45,10 +45,7 @@ class _Layer(Module):
         self._drop_cache()
 
     def _drop_cache(self) -> None:
-        object.__setattr__(self, "_cache", None)
-        object.__setattr__(self, "_impl", None)
-        object.__setattr__(self, "_out_shape", None)
-        object.__setattr__(self, "_out_dtype", None)
+        object.__setattr__(self, "_last", None)
 
     def in_channels_expected(self):
         return None
@@ -58,18 +55,26 @@ class _Layer(Module):
                            dtype=self.param_dtype(), finite=finite)
 
     def _remember(self, out, cache, impl: Impl):
-        """Keep what backward needs; return ``out``."""
-        object.__setattr__(self, "_cache", cache)
-        object.__setattr__(self, "_impl", impl)
-        object.__setattr__(self, "_out_shape", out.shape)
-        object.__setattr__(self, "_out_dtype", out.dtype)
+        """Keep what backward needs (the cache, the implementation that made it, the output's shape and dtype);
+        return ``out``."""
+        object.__setattr__(self, "_last", (cache, impl, out.shape, out.dtype))
         return out
+
+    @property
+    def _cache(self):
+        """The cache of the last forward pass (None before the first)."""
+        return self._last[0] if self._last is not None else None
+
+    @property
+    def _impl(self) -> Impl | None:
+        """The implementation that ran the last forward pass (None before the first)."""
+        return self._last[1] if self._last is not None else None
 
     def _recall(self, dout) -> tuple[object, Impl]:
         """Check ``dout`` against the last forward output; return that forward's cache and implementation."""
-        cache = self._need_cache(self._cache)
-        self._check_dout(dout, self._out_shape, self._out_dtype)
-        return cache, self._impl
+        cache, impl, shape, dtype = self._need_cache(self._last)
+        self._check_dout(dout, shape, dtype)
+        return cache, impl
 
 
 class _WindowConv(_Layer):
@@ -202,6 +207,12 @@ class BatchNorm2d(_Layer):
     not finite raises :class:`~numpymnv2._checks.NonFiniteError` and leaves the running statistics unchanged.
     It runs :data:`numpymnv2.ops.BATCHNORM_ACT` with no activation; the equations are in
     :func:`numpymnv2.functional.batchnorm.batchnorm_forward` and :func:`numpymnv2.functional.fused.batchnorm_act_forward`.
+
+    ``sync`` (None by default) makes it a SyncBatchNorm: a communicator of the processes that share each batch
+    (anything with ``allreduce(a)``, the sum of an array over the processes, and ``size``; see
+    :mod:`numpymnv2.distributed`). In training mode the batch statistics and the two sums of the input
+    gradient are then those of the whole batch, every process's rows (the equations in
+    :mod:`numpymnv2.functional.batchnorm`), and ``weight.grad``/``bias.grad`` receive this process's share.
     """
 
     activation = None
@@ -216,41 +227,52 @@ class BatchNorm2d(_Layer):
         self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
         self.register_buffer("running_var", np.ones(num_features, dtype=dt))
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        self.sync = None
+
+    def _drop_cache(self) -> None:
+        super()._drop_cache()
+        object.__setattr__(self, "_allreduce", None)
 
     def in_channels_expected(self):
         return self.num_features
 
     def check_input(self, x, finite: bool = True):
         x = super().check_input(x, finite)
-        if self.training:
+        if self.training and self.sync is None:     # synchronised: the op checks the whole batch's count
             check_batch_statistics(x.shape, self.label)
         return x
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        sync = "" if self.sync is None else f", sync={self.sync.size} processes"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{sync}"
 
     def forward(self, x, residual=None):
-        if residual is not None:
+        if residual is not None and (type(residual) is not np.ndarray or residual.dtype != x.dtype
+                                     or residual.shape != x.shape):
             check_array(residual, self.label, dtype=x.dtype, finite=False, what="residual")
             if residual.shape != x.shape:
                 raise ValueError(f"{self.label}: expected a residual of shape {x.shape} (the output's shape), "
                                  f"got {residual.shape}")
         impl = BATCHNORM_ACT.active()
         saved = self.save_buffers() if self.training else None
+        allreduce = self.sync.allreduce if self.sync is not None and self.training else None
         out, cache = impl.forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  self.training, self.momentum, self.eps, self.activation, residual)
+                                  self.training, self.momentum, self.eps, self.activation, residual,
+                                  allreduce=allreduce)
+        object.__setattr__(self, "_allreduce", allreduce)
         if self.training:
             if not math.isfinite(float(self.running_mean.sum()) + float(self.running_var.sum())):
                 self.restore_buffers(saved)
                 raise NonFiniteError(f"{self.label}: the batch statistics of this input are not finite (largest "
                                      f"|x| {float(np.abs(x).max()):.3g}); the running statistics were left as "
                                      f"they were")
-            self.num_batches_tracked += 1
+            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)     # in place, the buffer itself
         return self._remember(out, cache, impl)
 
     def backward(self, dout):
         cache, impl = self._recall(dout)
-        dx, dgamma, dbeta, _ = impl.backward(dout, cache)   # the residual's gradient is dout: the caller's
+        # the residual's gradient is dout: the caller's
+        dx, dgamma, dbeta, _ = impl.backward(dout, cache, allreduce=self._allreduce)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -312,13 +334,16 @@ class GlobalAvgPool2d(_ParameterFree):
 class Dropout(_Layer):
     """Inverted dropout with its own seeded generator (``self.generator``, saved by the trainer for exact resume).
 
-    See :mod:`numpymnv2.functional.dropout`.
+    ``batch_rows`` (None by default) is set by data-parallel training to ``(start, total)``: the input is rows
+    ``start ..`` of a batch of ``total`` rows, and the mask is drawn for the whole batch (see
+    :func:`numpymnv2.functional.dropout.dropout_forward`). See :mod:`numpymnv2.functional.dropout`.
     """
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
         self.p = check_probability(p, "p", "Dropout")
         object.__setattr__(self, "generator", _rng(rng))
+        self.batch_rows = None
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -328,7 +353,7 @@ class Dropout(_Layer):
 
     def forward(self, x):
         impl = DROPOUT.active()
-        out, cache = impl.forward(x, self.p, self.training, self.generator)
+        out, cache = impl.forward(x, self.p, self.training, self.generator, self.batch_rows)
         return self._remember(out, cache, impl)
 
     def backward(self, dout):

@@ -17,7 +17,6 @@ The convention, once for the whole package
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -32,18 +31,25 @@ _journal = threading.local()      # .entries: list of (module, {buffer name: sav
 _backward_depth = threading.local()
 
 
-@contextlib.contextmanager
-def backward_call(module: "Module", dout):
-    """Wrap the body of a container's ``backward``: only the outermost backward call scans ``dout`` for NaN and
-    infinity (as only the outermost forward call scans ``x``); nested ones check shapes and dtypes."""
-    depth = getattr(_backward_depth, "value", 0)
-    if depth == 0:
-        check_array(dout, module.label, finite=True, what="gradient")
-    _backward_depth.value = depth + 1
-    try:
-        yield
-    finally:
-        _backward_depth.value = depth
+class backward_call:
+    """``with backward_call(module, dout):`` wraps the body of a container's ``backward``: only the outermost
+    backward call scans ``dout`` for NaN and infinity (as only the outermost forward call scans ``x``); nested
+    ones check shapes and dtypes. (A class rather than a ``contextlib`` generator: it runs for every container
+    on every step.)"""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, module: "Module", dout):
+        self.depth = getattr(_backward_depth, "value", 0)
+        if self.depth == 0:
+            check_array(dout, module.label, finite=True, what="gradient")
+
+    def __enter__(self):
+        _backward_depth.value = self.depth + 1
+
+    def __exit__(self, *exc):
+        _backward_depth.value = self.depth
+        return False
 
 
 class Parameter:
@@ -89,6 +95,8 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "name", "")
+        object.__setattr__(self, "label", type(self).__name__)
+        object.__setattr__(self, "_checked", None)
 
     # -- registration -------------------------------------------------------------------------------------
     def __setattr__(self, key, value):
@@ -108,6 +116,7 @@ class Module:
         if isinstance(value, Module):
             value.set_names(f"{self.name}.{key}" if self.name else key)   # and is named at once
         object.__setattr__(self, key, value)
+        object.__setattr__(self, "_checked", None)      # a new parameter or child: check the next input again
 
     def register_buffer(self, key: str, value: np.ndarray) -> None:
         """Register ``value`` as persistent, non-trainable state (saved in ``state_dict``)."""
@@ -128,14 +137,11 @@ class Module:
         for key, value in saved.items():
             self._buffers[key][...] = value
 
-    @property
-    def label(self) -> str:
-        """How errors name this module: ``ClassName(qualified.name)`` or ``ClassName``."""
-        return f"{type(self).__name__}({self.name})" if self.name else type(self).__name__
-
     def set_names(self, prefix: str = "") -> "Module":
-        """Give every sub-module its qualified name (``features.3.conv.1``), used in error messages."""
+        """Give every sub-module its qualified name (``features.3.conv.1``) and its ``label``, how error messages
+        name it: ``ClassName(qualified.name)``, or ``ClassName`` for a module without a name."""
         object.__setattr__(self, "name", prefix)
+        object.__setattr__(self, "label", f"{type(self).__name__}({prefix})" if prefix else type(self).__name__)
         for key, child in self._modules.items():
             child.set_names(f"{prefix}.{key}" if prefix else key)
         return self
@@ -143,8 +149,13 @@ class Module:
     # -- calling ------------------------------------------------------------------------------------------
     def __call__(self, x, *args, **kwargs):
         depth = getattr(_call_depth, "value", 0)
-        # Only the outermost call pays for the full scan for NaN/inf; inner layers check shape and dtype only.
-        self.check_input(x, finite=depth == 0)
+        if depth == 0:
+            # the outermost call validates its input fully, including the scan for NaN and infinity
+            self.check_input(x, finite=True)
+        elif type(x) is not np.ndarray or (x.shape, x.dtype, self.training) != self._checked:
+            # a module inside it checks shape and dtype once per input signature, not on every step
+            self.check_input(x, finite=False)
+            object.__setattr__(self, "_checked", (x.shape, x.dtype, self.training))
         _call_depth.value = depth + 1
         if depth:
             try:
@@ -190,8 +201,11 @@ class Module:
     def _check_dout(self, dout, shape, dtype=None) -> np.ndarray:
         """Validate ``dout`` against the forward output's ``shape`` and dtype (``dtype``, else the parameters');
         a layer's backward called directly (not from a container's) also rejects NaN and infinity."""
+        inside = getattr(_backward_depth, "value", 0) > 0
+        if inside and type(dout) is np.ndarray and dout.shape == shape and dout.dtype == dtype:
+            return dout         # the common case inside a container's backward, checked in one line
         check_same_shape(dout, shape, self.label)
-        if getattr(_backward_depth, "value", 0) == 0:
+        if not inside:
             check_array(dout, self.label, finite=True, what="gradient")
         dt = dtype if dtype is not None else self.param_dtype()
         if dt is not None and dout.dtype != dt:
@@ -233,6 +247,7 @@ class Module:
                 if b.dtype.kind == "f":
                     m.register_buffer(key, np.ascontiguousarray(b, dtype=dt))
             m._drop_cache()
+            object.__setattr__(m, "_checked", None)
         return self
 
     def double(self) -> "Module":
@@ -335,8 +350,9 @@ class Module:
                 continue
             staged.append((mod, key, value.astype(current.dtype, copy=True)))
         if problems:
-            raise ValueError(f"{self.label}.load_state_dict: the state does not fit this model:\n  - "
-                             + "\n  - ".join(problems))
+            shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+            raise ValueError(f"{self.label}.load_state_dict: the state does not fit this model "
+                             f"({len(problems)} problem(s)):\n  - " + "\n  - ".join(shown))
         for mod, key, value in staged:
             if key in mod._parameters:
                 mod._parameters[key].data[...] = value

@@ -5,6 +5,8 @@ from typing import Iterable
 
 import numpy as np
 
+from numpymnv2.backend import get_backend
+from numpymnv2.kernels import optim as fast
 from numpymnv2.optim.optimizer import Optimizer
 
 
@@ -113,10 +115,17 @@ class SGD(Optimizer):
         return {"momentum_buffer": 0.0} if group["momentum"] != 0 else {}
 
     def step(self) -> None:
-        """Update every parameter from its ``.grad`` (see :func:`sgd_update`)."""
+        """Update every parameter from its ``.grad`` (see :func:`sgd_update`).
+
+        On the fast backend (the default) the update of each parameter is one Numba pass over its arrays,
+        :func:`numpymnv2.kernels.optim.sgd_update`, with the same result bit for bit; the reference backend runs
+        :func:`sgd_update` itself.
+        """
+        use_kernel = get_backend() == "fast"
         for group, p, state, work, created in self._each_param():
-            sgd_update(p.data, p.grad, state.get("momentum_buffer"), lr=group["lr"],
-                       momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-                       weight_decay=group["weight_decay"],
-                       first_step=self.step_count == 0 or "momentum_buffer" in created, work=work)
+            buf = state.get("momentum_buffer")
+            update = fast.sgd_update if use_kernel and fast.accepts(p.data, p.grad, buf) else sgd_update
+            update(p.data, p.grad, buf, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                   nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                   first_step=self.step_count == 0 or "momentum_buffer" in created, work=work)
         self.step_count += 1

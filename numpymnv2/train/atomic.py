@@ -8,6 +8,7 @@ previous file is untouched. Every file the trainer writes (checkpoints, metrics,
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -47,6 +48,22 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def remove_temporary_files(folder, names) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for the files ``names`` when the
+    process was killed mid-save (``.<name>.<random>.tmp``); return what was deleted.
+
+    Only call this while no other process can be writing those files (e.g. holding the run folder's lock).
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path, text: str) -> Path:

@@ -22,7 +22,6 @@ leaves the previous checkpoint as it was.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,16 @@ from typing import Any
 import numpy as np
 
 from numpymnv2._checks import npz_signature_problem
+from numpymnv2._untrusted import (UntrustedFileError, byte_budget, check_state_values, load_npz,
+                                  nonfinite_names, npz_names)
+from numpymnv2.models.footprint import mobilenetv2_footprint
 from numpymnv2.train.atomic import atomic_write
 
 FORMAT = "numpymnv2-checkpoint"
 FORMAT_VERSION = 1
 _META = ("config", "progress", "history", "best", "rng")
 _ARRAY_GROUPS = ("model", "optimizer", "schedule", "split")
+_META_BYTES = 64 * 1024 ** 2     # the JSON records: configuration, history, generator states
 
 
 class CheckpointError(ValueError):
@@ -98,8 +101,28 @@ def describe_model_config(spec) -> str:
     return f"{spec.get('name', 'model')}({args})"
 
 
+class NonFiniteStateError(ValueError):
+    """A checkpoint about to be written holds NaN or infinite values (a diverged run); nothing was written."""
+
+    def __init__(self, path, names: list[str]):
+        self.path, self.names = path, list(names)
+        shown = ", ".join(self.names[:4]) + (f" and {len(self.names) - 4} more" if len(self.names) > 4 else "")
+        super().__init__(f"save_checkpoint: refusing to write {path}: {shown} hold NaN or infinite values")
+
+
+def nonfinite_entries(ckpt: Checkpoint) -> list[str]:
+    """``group/name`` of every floating-point array of the checkpoint that holds NaN or infinity."""
+    return [f"{group}/{name}" for group in _ARRAY_GROUPS for name in nonfinite_names(getattr(ckpt, group))]
+
+
 def save_checkpoint(path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (see the module docstring for the layout); return the path."""
+    """Write ``ckpt`` to ``path`` atomically (see the module docstring for the layout); return the path.
+
+    Raises
+    ------
+    NonFiniteStateError
+        An array holds NaN or infinity: the file at ``path`` (a good checkpoint, perhaps) is left as it was.
+    """
     arrays: dict[str, np.ndarray] = {
         "meta/format": np.array(FORMAT),
         "meta/version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -113,7 +136,34 @@ def save_checkpoint(path, ckpt: Checkpoint) -> Path:
                 raise TypeError(f"save_checkpoint: {group} entry {key!r} is an object array, which cannot be "
                                 f"stored without pickle")
             arrays[f"{group}/{key}"] = value
+    bad = nonfinite_entries(ckpt)
+    if bad:
+        raise NonFiniteStateError(path, bad)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def checkpoint_bytes(ckpt: Checkpoint) -> int:
+    """About the size of the file :func:`save_checkpoint` writes for ``ckpt`` (arrays plus the JSON records)."""
+    arrays = sum(np.asarray(v).nbytes for group in _ARRAY_GROUPS for v in getattr(ckpt, group).values())
+    meta = sum(4 * len(json.dumps(getattr(ckpt, name), allow_nan=True)) for name in _META)
+    return arrays + meta + 200 * sum(len(getattr(ckpt, group)) for group in _ARRAY_GROUPS)
+
+
+def _array_budget(config) -> int:
+    """Bytes the arrays of a checkpoint of this configuration may claim: its model state in float64 and up to
+    three optimizer arrays per parameter, the split's row indices (int64, at most two per image of the splits it
+    indexes), plus slack; never more than :func:`byte_budget` allows."""
+    config = config if isinstance(config, dict) else {}
+    spec, data = config.get("model"), config.get("data")
+    if not (isinstance(spec, dict) and spec.get("name") == "MobileNetV2"):
+        return byte_budget()
+    try:
+        fp = mobilenetv2_footprint(**{k: v for k, v in spec.items() if k != "name"})
+        sizes = data.get("split_sizes", {}) if isinstance(data, dict) else {}
+        images = sum(int(n) for n in sizes.values()) if isinstance(sizes, dict) else 0
+        return byte_budget((4 * fp.parameters + fp.buffers) * 8 + 16 * max(images, 0) + (1 << 20))
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return byte_budget()    # a malformed record: judged when the model is built from it
 
 
 def resolve_checkpoint_path(path) -> Path:
@@ -147,22 +197,21 @@ def load_checkpoint(path) -> Checkpoint:
     problem = npz_signature_problem(p)
     if problem:
         raise CheckpointError(f"{p} is not a readable numpymnv2 checkpoint: {problem}. If it was one, {hint}")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{p} is not a readable numpymnv2 checkpoint: {exc}. If it was one, {hint}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
+    with open(p, "rb") as f:
+        single_array = f.read(6) == b"\x93NUMPY"
+    if single_array:
         raise CheckpointError(f"{p} is a single .npy array, not a numpymnv2 checkpoint (an .npz archive "
                               f"written by the trainer)")
+    # the small records first; their model configuration bounds what the arrays may claim
     try:
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{p}: cannot read its arrays ({exc}); {hint}") from None
+        arrays = load_npz(p, str(p), max_bytes=_META_BYTES, select=lambda name: name.startswith("meta/"))
+    except UntrustedFileError as exc:
+        raise CheckpointError(f"{exc}. If it was a checkpoint, {hint}") from None
 
     fmt = arrays.get("meta/format")
     if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
-        shown = ", ".join(sorted(arrays)[:6]) + (", ..." if len(arrays) > 6 else "")
+        names = sorted(npz_names(p))
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         raise CheckpointError(f"{p} is an .npz file but not a numpymnv2 checkpoint (no meta/format entry; "
                               f"it holds {shown or 'nothing'})")
     version = arrays.get("meta/version")
@@ -181,13 +230,23 @@ def load_checkpoint(path) -> Checkpoint:
             meta[name] = json.loads(str(entry))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{p}: meta/{name} is not valid JSON ({exc}); {hint}") from None
+    try:
+        stored = load_npz(p, str(p), max_bytes=_array_budget(meta["config"]),
+                          select=lambda name: name.partition("/")[0] in _ARRAY_GROUPS)
+    except UntrustedFileError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
     groups: dict[str, dict[str, np.ndarray]] = {g: {} for g in _ARRAY_GROUPS}
-    for key, value in arrays.items():
+    for key, value in stored.items():
         group, _, name = key.partition("/")
-        if group in groups:
-            groups[group][name] = value
+        groups[group][name] = value
     if not groups["model"]:
         raise CheckpointError(f"{p}: the checkpoint holds no model arrays; {hint}")
+    try:
+        check_state_values(groups["model"], str(p))
+        check_state_values({f"{g}/{k}": v for g in ("optimizer", "schedule") for k, v in groups[g].items()},
+                           str(p))
+    except ValueError as exc:
+        raise CheckpointError(f"{exc} (the file itself is intact: it was written so)") from None
     return Checkpoint(model=groups["model"], optimizer=groups["optimizer"], schedule=groups["schedule"],
                       split=groups["split"], path=p, **meta)
 

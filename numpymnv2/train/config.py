@@ -339,10 +339,12 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
 def build_model(spec: dict):
     """A MobileNetV2 from an architecture record (:func:`model_spec`, or ``MobileNetV2.config``)."""
     from numpymnv2.models import MobileNetV2
+    from numpymnv2.models.footprint import check_model_fits
     if not isinstance(spec, dict) or spec.get("name", "MobileNetV2") != "MobileNetV2":
         raise ValueError(f"cannot build a model from {spec!r}: only MobileNetV2 checkpoints are supported")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     try:
+        check_model_fits(kwargs)        # before a width of 1e9 allocates anything
         return MobileNetV2(**kwargs)
     except TypeError as exc:
         raise ValueError(f"cannot build MobileNetV2 from the architecture record {spec}: {exc}") from None

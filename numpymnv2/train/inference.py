@@ -41,7 +41,9 @@ def read_images(paths, preprocess: dict, invert: bool = False) -> np.ndarray:
         Replace every pixel ``v`` by ``255 - v``: for dark ink on light paper when the model learnt light
         strokes on a dark background (the digits, MNIST).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from numpymnv2.data.images import open_image
     H, W = preprocess["image_size"]
     mode = "L" if preprocess["channels"] == 1 else "RGB"
     batch = []
@@ -49,14 +51,10 @@ def read_images(paths, preprocess: dict, invert: bool = False) -> np.ndarray:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"image {p} does not exist")
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if im.size != (W, H):
-                    im = im.resize((W, H), Image.BILINEAR)
-                x = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {p}: {exc}") from None
+        im = open_image(p, mode)        # every Pillow mode converted alike (16-bit scaled, alpha composited, ...)
+        if im.size != (W, H):
+            im = im.resize((W, H), Image.BILINEAR)
+        x = np.asarray(im, dtype=np.uint8)
         if x.ndim == 2:
             x = x[..., None]
         batch.append(255 - x if invert else x)

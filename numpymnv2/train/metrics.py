@@ -92,7 +92,7 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
         ax_acc.set_ylim(max(0.0, min(100 * r["val_acc"] for r in history if r.get("val_acc") is not None) - 5),
                         100.5)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     return _save_figure(fig, path)
 
@@ -132,8 +132,9 @@ def plot_confusion(path, cm: np.ndarray, classes: Sequence[str], title: str = ""
     ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0)
-    ax.set_yticks(range(k), [str(c) for c in classes])
+    # class names are plain text: "$x$" or "a_b" must not be read as mathtext (parse_math=False)
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0, parse_math=False)
+    ax.set_yticks(range(k), [str(c) for c in classes], parse_math=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if k <= 30:
@@ -143,7 +144,7 @@ def plot_confusion(path, cm: np.ndarray, classes: Sequence[str], title: str = ""
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > threshold else "black")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, parse_math=False)
     fig.tight_layout()
     return _save_figure(fig, path)
 

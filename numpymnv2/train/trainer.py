@@ -18,6 +18,11 @@ Everything a step depends on is either saved or a pure function of saved numbers
   ``loader.epoch(e, start_batch=b)``;
 * the running sums of the unfinished epoch (so its reported loss and accuracy come out the same).
 
+On N processes (``parallel``, see :mod:`numpymnv2.distributed`) each step computes this process's share of the
+batch and the processes sum what they must (BatchNorm statistics, gradients, the step's loss and accuracy, the
+decision to stop); every process holds the same state, rank 0 writes the files, and a checkpoint does not
+depend on the number of processes.
+
 A checkpoint is therefore taken only *between* steps. Ctrl-C does not stop a step half-way: the trainer's
 SIGINT handler only raises a flag, and the loop saves ``last.npz`` after the step in flight (a second Ctrl-C
 stops at once). A ``KeyboardInterrupt`` raised some other way inside a step (for instance where the handler
@@ -37,14 +42,30 @@ from typing import Any, Callable
 
 import numpy as np
 
+from numpymnv2._checks import NonFiniteError
+from numpymnv2.distributed.parallel import SingleProcess
 from numpymnv2.functional.loss import softmax_cross_entropy
-from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, generator_states, load_model_state,
-                                        module_generators, restore_generator_states, save_checkpoint)
+from numpymnv2.models.footprint import check_batch_fits
+from numpymnv2.train.atomic import remove_temporary_files
+from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, NonFiniteStateError, checkpoint_bytes,
+                                        generator_states, load_model_state, module_generators,
+                                        restore_generator_states, save_checkpoint)
 from numpymnv2.train.metrics import append_jsonl, plot_curves, write_jsonl, write_metrics
+from numpymnv2.train.runfolder import check_output_folder, lock_run_folder
+
+# every file a run writes into its output folder
+RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "metrics.json", "metrics.jsonl", "curves.png")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss (or the logits) became NaN or infinite; the run stopped without saving the broken weights."""
+    """The run diverged: the loss, the logits, the BatchNorm statistics or the weights became NaN or infinite.
+    The run stopped without saving the broken state; the checkpoints on disk are the last good ones."""
+
+    exit_status = 1     # the run failed (see numpymnv2.cli)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); the previous file of that name is intact."""
 
 
 @dataclass
@@ -115,11 +136,15 @@ class Trainer:
         Show a tqdm progress bar per epoch; without it one line per epoch is logged instead.
     log : callable, optional
         Receives every message (default: print to stdout, through tqdm so bars stay intact).
+    parallel : DataParallel, optional
+        Data-parallel training on several processes (:class:`numpymnv2.distributed.DataParallel`, built on this
+        model); default one process. Give ``out_dir`` (and the messages) to rank 0 only.
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int, schedule=None,
                  out_dir=None, config: dict | None = None, label_smoothing: float = 0.0, split: dict | None = None,
-                 patience: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
+                 patience: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                 parallel=None):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
             raise ValueError(f"Trainer: epochs must be a positive integer, got {epochs!r}")
         if patience is not None and (not isinstance(patience, (int, np.integer)) or isinstance(patience, bool)
@@ -142,6 +167,7 @@ class Trainer:
         self.patience = int(patience) if patience else None
         self.progress = bool(progress)
         self._log = log
+        self.parallel = parallel if parallel is not None else SingleProcess()
         self.generators = module_generators(model)
         self.position = _fresh_progress()
         self.history: list[dict[str, Any]] = []
@@ -151,6 +177,8 @@ class Trainer:
         self._step_snapshot = None      # BatchNorm buffers and generator states at the start of the step
         self._updating = False          # inside optimizer.step() .. bookkeeping: state would be torn
         self._step_lr = None            # the learning rate of the step in flight
+        self._checked_shape = None      # the batch shape whose memory need was checked
+        self._saved: dict[str, Any] = {}  # "last.npz": epochs it holds, "best.npz": its epoch (for messages)
         self._log_synced = False        # metrics.jsonl rewritten from the history in this session
 
     # -- paths and messages ---------------------------------------------------------------------------------
@@ -189,6 +217,36 @@ class Trainer:
             raise ValueError("Trainer.save: no path given and the trainer has no out_dir")
         return save_checkpoint(path, self.checkpoint())
 
+    def _save_checked(self, path: Path) -> Path:
+        """:meth:`save` for the loop: a non-finite state is divergence, a failed write names what is kept."""
+        try:
+            path = self.save(path)
+        except NonFiniteStateError as exc:
+            raise self._diverged(f"{', '.join(exc.names[:3])}{' and others' if len(exc.names) > 3 else ''} "
+                                 f"became NaN or infinite") from None
+        except OSError as exc:
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise CheckpointWriteError(exc.errno, f"cannot write the checkpoint {path} "
+                                       f"({exc.strerror or exc}); {kept}") from None
+        self._saved[path.name] = len(self.history) if path.name == "last.npz" else (self.best or {}).get("epoch")
+        return path
+
+    @contextlib.contextmanager
+    def _claim_out_dir(self):
+        """Hold the output folder's lock; check it is writable and has room; clear a killed run's temp files."""
+        if self.out_dir is None:
+            yield
+            return
+        with lock_run_folder(self.out_dir, log=self.say):
+            size = checkpoint_bytes(self.checkpoint())
+            present = sum((self.out_dir / name).exists() for name in ("last.npz", "best.npz"))
+            check_output_folder(self.out_dir, (3 - present) * size + (1 << 20))
+            removed = remove_temporary_files(self.out_dir, RUN_FILES)
+            if removed:
+                self.say(f"note: removed {len(removed)} temporary file{'s' if len(removed) != 1 else ''} that a "
+                         f"killed save had left in {self.out_dir}")
+            yield
+
     def restore(self, ckpt: Checkpoint) -> "Trainer":
         """Continue from a checkpoint: weights, optimizer, schedule, generators, position and metrics.
 
@@ -221,6 +279,10 @@ class Trainer:
         self.position = position
         self.history = _copy_json(ckpt.history)
         self.best = _copy_json(ckpt.best)
+        if self.last_path is not None and ckpt.path is not None and _same_file(ckpt.path, self.last_path):
+            self._saved["last.npz"] = len(ckpt.history)
+        if self.best_path is not None and self.best_path.exists() and self.best:
+            self._saved["best.npz"] = self.best.get("epoch")
         return self
 
     def _restore_schedule(self, ckpt: Checkpoint, where: str) -> None:
@@ -253,16 +315,42 @@ class Trainer:
         restore_generator_states(self.generators, gens, "rollback")
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """One optimizer step on a batch; returns (mean loss, number correct). Raises NonFiniteLossError."""
+        """One optimizer step on a batch; returns (mean loss, number correct). Raises NonFiniteLossError.
+
+        On several processes ``x, y`` is the whole batch and this process computes its share of it."""
         self.optimizer.zero_grad()
-        logits = self.model(x)
-        if not np.isfinite(logits).all():
+        rows = self.parallel.rows(len(y))           # this process's share of the batch: all of it on one process
+        x, y_here = x[rows], y[rows]
+        if x.shape != self._checked_shape:      # a batch too large for memory is refused before any work
+            check_batch_fits(self.model, x.shape, training=True)
+            self._checked_shape = x.shape
+        try:
+            logits = self.model(x)
+        except NonFiniteError as exc:       # a layer refused to take NaN or infinity into its state
+            raise NonFiniteLossError(str(exc)) from None
+        loss, dlogits, correct = 0.0, None, 0
+        finite = bool(np.isfinite(logits).all())
+        if finite:
+            loss, dlogits = softmax_cross_entropy(logits, y_here, self.label_smoothing)
+            correct = int((logits.argmax(axis=1) == y_here).sum())
+        # the whole batch's loss and accuracy, and whether any process saw NaN (all processes decide alike)
+        loss_sum, correct, broken = self.parallel.sum([float(loss) * len(y_here), correct, not finite])
+        if broken:
             raise NonFiniteLossError("the logits became NaN or infinite")
-        loss, dlogits = softmax_cross_entropy(logits, y, self.label_smoothing)
+        loss, correct = loss_sum / len(y), int(correct)
         if not np.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became NaN or infinite ({float(loss)})")
-        self.model.backward(dlogits)
-        correct = int((logits.argmax(axis=1) == y).sum())
+            raise NonFiniteLossError(f"the loss became NaN or infinite ({loss})")
+        if self.parallel.share != 1:        # the whole batch's mean: this share's mean weighted by n_p / n
+            dlogits = dlogits * dlogits.dtype.type(self.parallel.share)
+        try:
+            self.model.backward(dlogits)
+        except NonFiniteError as exc:
+            raise NonFiniteLossError(str(exc)) from None
+        self.parallel.reduce_gradients()
+        bad = [name for name, b in self.model.named_buffers() if b.dtype.kind == "f" and not np.isfinite(b).all()]
+        if bad:
+            raise NonFiniteLossError(f"the running statistics {', '.join(bad[:3])}"
+                                     f"{' and others' if len(bad) > 3 else ''} became NaN or infinite")
         self._step_lr = self.lr
         self._updating = True
         self.optimizer.step()
@@ -274,22 +362,31 @@ class Trainer:
     def evaluate(self, loader=None) -> dict[str, float]:
         """Mean cross-entropy and accuracy of the model in evaluation mode over ``loader`` (default: validation)."""
         loader = self.val_loader if loader is None else loader
-        loss, acc, _, _ = evaluate_model(self.model, loader)
+        loss, acc, _, _ = evaluate_model(self.model, loader, self.parallel)
         return {"loss": loss, "acc": acc}
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> FitResult:
         """Train until ``epochs`` are done (or, if given, until epoch ``stop_after_epoch``); return a FitResult.
 
+        With an ``out_dir``, the run first takes the folder's lock (a second run into it is refused, see
+        :mod:`numpymnv2.train.runfolder`), checks that it can write there and has room for its checkpoints, and
+        deletes the temporary files of saves that a killed run left behind.
+
         Raises
         ------
         NonFiniteLossError
-            The loss became NaN or infinite. Nothing is saved after that: ``last.npz`` stays the last good one.
+            The run diverged (NaN or infinity in the loss, the logits, the BatchNorm statistics or anything a
+            checkpoint would store). Nothing is saved after that: the checkpoints on disk stay the last good ones.
+        RunFolderLocked
+            Another process is training into ``out_dir``.
+        CheckpointWriteError
+            A checkpoint could not be written (e.g. the disk is full); the previous one is intact.
         """
         end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
         self._stop_requested = self._force_quit = self._updating = False
         status = "finished"
-        with self._deferred_sigint():
+        with self._claim_out_dir(), self._deferred_sigint():
             try:
                 while self.position["epoch"] < end:
                     if self.stopped_early:
@@ -340,11 +437,14 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix_str(self._postfix(), refresh=False)
                     bar.update(1)
-                if self._stop_requested:
+                if self.parallel.any(self._stop_requested):     # every process stops after the same step
                     return self._save_interrupted()
             train_time = pos["partial"]["time_s"]
             t_eval = time.perf_counter()
-            val = self.evaluate() if self.val_loader is not None else None
+            try:
+                val = self.evaluate() if self.val_loader is not None else None
+            except NonFiniteLossError as exc:
+                raise self._diverged(str(exc)) from None
             eval_time = time.perf_counter() - t_eval
             row = self._epoch_row(e, val, train_time, eval_time)
             self._updating = True
@@ -363,7 +463,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._write_epoch_files(improved)
-        if self._stop_requested:
+        if self.parallel.any(self._stop_requested):
             return self._save_interrupted(saved=True)
         return True
 
@@ -381,9 +481,9 @@ class Trainer:
     def _write_epoch_files(self, improved: bool) -> None:
         if self.out_dir is None:
             return
-        self.save(self.last_path)
+        self._save_checked(self.last_path)
         if improved:
-            self.save(self.best_path)
+            self._save_checked(self.best_path)
         write_metrics(self.out_dir, self.history, self.best, self.config)
         if self._log_synced:
             append_jsonl(self.out_dir / "metrics.jsonl", self.history[-1])
@@ -425,7 +525,7 @@ class Trainer:
         pos = self.position
         if self.out_dir is not None:
             if not saved:
-                self.save(self.last_path)
+                self._save_checked(self.last_path)
             self.say(f"Interrupted at epoch {pos['epoch'] + 1}, batch {pos['batch']}/{len(self.train_loader)}: "
                      f"saved {self.last_path}")
         else:
@@ -454,9 +554,12 @@ class Trainer:
         where = (f"epoch {pos['epoch'] + 1}, batch {pos['batch'] + 1}/{len(self.train_loader)} "
                  f"(step {pos['step'] + 1}, lr {self.lr:.4g})")
         if self.last_path is not None and self.last_path.exists():
-            done = len(self.history)
-            kept = (f"The last good checkpoint, {self.last_path}, is kept ({done} epoch{'s' if done != 1 else ''} "
-                    f"done).")
+            done = self._saved.get("last.npz", len(self.history))
+            kept = f"The last good checkpoint, {self.last_path}, is kept ({done} epoch{'s' if done != 1 else ''} done)"
+            best = self._saved.get("best.npz")
+            if self.best_path.exists() and best is not None:
+                kept += f", and so is {self.best_path} (epoch {best})"
+            kept += "."
         elif self.out_dir is not None:
             kept = "No checkpoint had been written yet."
         else:
@@ -492,8 +595,11 @@ class Trainer:
         return f"epoch {row['epoch']}/{self.epochs}: {self._postfix(row)} ({row['epoch_time_s']:.1f} s)"
 
 
-def evaluate_model(model, loader) -> tuple[float, float, np.ndarray, np.ndarray]:
+def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Evaluate ``model`` in evaluation mode over every batch of ``loader``.
+
+    With ``parallel`` (:mod:`numpymnv2.distributed`) each process evaluates its share of every batch, and every
+    process gets the results of all images.
 
     Returns
     -------
@@ -506,27 +612,48 @@ def evaluate_model(model, loader) -> tuple[float, float, np.ndarray, np.ndarray]
 
     The model's previous mode is restored afterwards.
     """
+    parallel = parallel if parallel is not None else SingleProcess()
     was_training = getattr(model, "training", False)
     model.eval()
-    loss_sum, preds, labels = 0.0, [], []
+    loss_sum, preds, labels, finite = 0.0, [], [], True
+    checked = None
     try:
         for x, y in loader.epoch(0):
+            rows = parallel.eval_rows(len(y))
+            preds.append(np.full(len(y), -1, dtype=np.int64))      # -1: another process's image
+            labels.append(np.asarray(y, dtype=np.int64))
+            if rows.stop == rows.start:
+                continue
+            x = x[rows]
+            if x.shape != checked:
+                check_batch_fits(model, x.shape, training=False)
+                checked = x.shape
             logits = model(x)
             if not np.isfinite(logits).all():
-                raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "
-                                         "weights (or BatchNorm statistics) are broken")
-            loss, _ = softmax_cross_entropy(logits, y)
-            loss_sum += float(loss) * len(y)
-            preds.append(logits.argmax(axis=1))
-            labels.append(np.asarray(y))
+                finite = False
+                break
+            loss, _ = softmax_cross_entropy(logits, y[rows])
+            loss_sum += float(loss) * len(logits)
+            preds[-1][rows] = logits.argmax(axis=1)
     finally:
         model.train(was_training)
+    loss_sum, broken = parallel.sum([loss_sum, not finite])
+    if broken:
+        raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "
+                                 "weights (or BatchNorm statistics) are broken")
     n = sum(len(p) for p in preds)
     if n == 0:
         raise ValueError("evaluate: the loader yields no images")
-    predictions = np.concatenate(preds).astype(np.int64)
-    labels_all = np.concatenate(labels).astype(np.int64)
+    predictions = parallel.gather_rows(np.concatenate(preds))
+    labels_all = np.concatenate(labels)
     return loss_sum / n, float((predictions == labels_all).mean()), predictions, labels_all
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _copy_json(value):

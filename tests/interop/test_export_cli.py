@@ -82,6 +82,9 @@ def test_export_weights_files_with_and_without_an_architecture_record(tmp_path, 
     save_weights(model, tmp_path / "w.npz")
     assert main(["export", str(tmp_path / "w.npz"), str(tmp_path / "w.onnx")]) == 0
     assert "linear_bottleneck=False" in capsys.readouterr().out
+    save_weights(MobileNetV2(num_classes=3, width_mult=0.1, seed=2, dtype="float64"), tmp_path / "w64.npz")
+    assert main(["export", str(tmp_path / "w64.npz"), str(tmp_path / "w64.onnx")]) == 0
+    assert "note: the model is float64; the graph computes in float32" in capsys.readouterr().out
     bare = tmp_path / "bare.npz"                 # a state dict only, as np.savez writes it
     np.savez(bare, **MobileNetV2(num_classes=6, width_mult=0.5, seed=3).state_dict())
     assert main(["export", str(bare), str(tmp_path / "bare.onnx"), "--width", "0.5", "--arch", "imagenet"]) == 0
@@ -130,6 +133,21 @@ def test_bad_sources(tmp_path, capsys):
     save_weights(MobileNetV2(num_classes=3, width_mult=0.1, seed=0), tmp_path / "w.npz")
     assert main(["export", str(tmp_path / "w.npz"), str(tmp_path / "m.onnx"), "--preprocess"]) == 2
     assert "--preprocess needs the preprocessing record of a training checkpoint" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_replaced_only_when_it_is_an_onnx_model(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), str(out), "--no-check"]) == 0
+    assert main(["export", str(checkpoint), str(out), "--no-check", "--softmax"]) == 0      # a re-export
+    assert onnx.load(str(out)).graph.output[0].name == "probabilities"
+    capsys.readouterr()
+    for name, content in [("notes.txt", b"my notes"), ("empty.onnx", b""), ("other.npz", checkpoint.read_bytes())]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert main(["export", str(checkpoint), str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "exists and is not an ONNX model" in err and err.count("\n") == 1
+        assert path.read_bytes() == content
 
 
 def test_unwritable_output_and_missing_packages(checkpoint, tmp_path, capsys, monkeypatch):

@@ -1,4 +1,5 @@
 """torchvision layouts and keys without torch, and the ``numpymnv2 convert`` command."""
+import os
 import sys
 
 import numpy as np
@@ -118,6 +119,34 @@ def test_convert_command(tmp_path, model, capsys):
     assert main(["convert", str(garbage), str(tmp_path / "x.npz")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_convert_keeps_its_source_and_writes_ordinary_files(tmp_path, model, capsys):
+    torch = pytest.importorskip("torch")
+    pth = tmp_path / "mnv2.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in to_torchvision(model).items()}, pth)
+    before = pth.read_bytes()
+    assert main(["convert", str(pth), str(pth), "--width", "0.35"]) == 2
+    assert "is the source file itself" in capsys.readouterr().err and pth.read_bytes() == before
+    out = tmp_path / "w.npz"
+    assert main(["convert", str(pth), str(out), "--width", "0.35"]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_convert_refuses_a_pth_claiming_more_than_any_mobilenetv2(tmp_path, capsys):
+    import struct
+    import zipfile
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data/0", bytes(1000))
+    raw = bytearray(bomb.read_bytes())                            # its directory now claims 4 GB uncompressed
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 24:central + 28] = struct.pack("<I", 0xFFFFFFF0)
+    bomb.write_bytes(bytes(raw))
+    assert main(["convert", str(bomb), str(tmp_path / "w.npz")]) == 2
+    assert "more than the" in capsys.readouterr().err and not (tmp_path / "w.npz").exists()
 
 
 def test_convert_without_torch_says_so(tmp_path, monkeypatch, capsys):

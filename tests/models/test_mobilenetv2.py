@@ -243,6 +243,55 @@ def test_folded_model_equals_eval_model(dtype, tol, ablation):
         folded(x[..., :1])
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("make", [
+    lambda dt: MobileNetV2(num_classes=5, width_mult=0.35, seed=2, dtype=dt),
+    lambda dt: MobileNetV2.cifar(num_classes=3, width_mult=0.5, seed=3, dtype=dt, linear_bottleneck=False),
+    lambda dt: MobileNetV2(num_classes=4, width_mult=0.35, seed=4, dtype=dt, use_shortcut=False),
+])
+def test_folded_fast_path_equals_its_reference_path(dtype, tol, make):
+    # the fast path (fused bias/activation/shortcut passes, buffers per input shape, pooling in the last pass)
+    # against the readable one, on inputs of changing shapes (each new shape makes new buffers; returning to an
+    # earlier one must not reuse stale state) and for outputs that must not alias the buffers
+    from numpymnv2 import use_backend
+    rng = np.random.default_rng(5)
+    model = randomize_bn(make(dtype), rng)
+    folded = model.fuse()
+    outputs = []
+    for shape in [(2, 32, 32, 3), (1, 40, 56, 3), (2, 32, 32, 3), (3, 33, 35, 3)]:
+        x = rng.uniform(-1, 1, shape).astype(dtype)
+        got = folded(x)
+        with use_backend("reference"):
+            want = folded(x)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+        outputs.append((got, got.copy()))
+    for got, kept in outputs:
+        np.testing.assert_array_equal(got, kept)        # later calls did not overwrite an earlier result
+
+
+def test_folded_fast_path_keeps_buffers_per_thread():
+    # two threads with different shapes at once: each has its own buffers, so both get their own answer
+    import threading
+    rng = np.random.default_rng(6)
+    model = randomize_bn(MobileNetV2(num_classes=4, width_mult=0.35, seed=1), rng)
+    folded = model.fuse()
+    inputs = [rng.uniform(-1, 1, (n, 32 + 8 * n, 32, 3)).astype(np.float32) for n in (1, 2)]
+    want = [folded(x) for x in inputs]
+    results = {}
+
+    def run(k):
+        results[k] = [folded(inputs[k]) for _ in range(5)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        for got in results[k]:      # BLAS may split a product differently under two callers: rounding only
+            np.testing.assert_allclose(got, want[k], rtol=0, atol=1e-6 * np.abs(want[k]).max())
+
+
 # -- weight files -----------------------------------------------------------------------------------------
 
 

@@ -230,3 +230,55 @@ def test_repr_shows_the_tree():
     assert text.startswith("Sequential(\n  (0): ConvBNAct(\n    (0): Conv2d(3, 4, kernel_size=3, stride=2, padding=1)\n"
                            "    (1): BatchNormAct2d(4, eps=1e-05, momentum=0.1, activation=relu6)\n  )\n")
     assert "(7): Linear(6, 5, bias=True)" in text
+
+
+def test_inner_layers_check_each_new_input_signature_once(monkeypatch):
+    # the outermost call validates every input; a layer inside it checks shape, dtype and mode once per new
+    # (shape, dtype, training) signature, and again after .to() or after a child is replaced
+    net = small_net()
+    calls = []
+    inner = net[2]                                  # PointwiseConv2d(4, 6)
+    check = type(inner).check_input
+    monkeypatch.setattr(type(inner), "check_input",
+                        lambda self, x, finite=True: calls.append(self.label) or check(self, x, finite))
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3))
+    for _ in range(3):
+        net(x)
+    assert calls.count("PointwiseConv2d(2)") == 1
+    net(x[:1])                                      # a new batch size
+    net.eval()(x)                                   # a new mode
+    assert calls.count("PointwiseConv2d(2)") == 3
+    net.to("float32")(x.astype(np.float32))         # a new dtype
+    assert calls.count("PointwiseConv2d(2)") == 4
+    net.to("float64")
+    net[2] = PointwiseConv2d(4, 6, dtype="float64")  # a replaced child is checked afresh
+    net(x)
+    assert calls.count("PointwiseConv2d(2)") == 5
+
+
+def test_an_inner_mismatch_is_reported_on_every_call():
+    # a signature that failed its check is not remembered: the second call fails the same way
+    net = Sequential(PointwiseConv2d(3, 4, dtype="float64"), PointwiseConv2d(5, 2, dtype="float64")).set_names()
+    x = np.zeros((1, 2, 2, 3))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"PointwiseConv2d\(1\): expected input with 5 channels, got 4"):
+            net(x)
+
+
+def test_label_follows_the_name():
+    layer = PointwiseConv2d(3, 4)
+    assert layer.label == "PointwiseConv2d"
+    net = Sequential(Sequential(layer)).set_names("body")
+    assert layer.label == "PointwiseConv2d(body.0.0)"
+    with pytest.raises(ValueError, match=r"^PointwiseConv2d\(body\.0\.0\): expected input with 3 channels"):
+        layer(np.zeros((1, 2, 2, 5), np.float32))
+
+
+def test_load_state_dict_lists_at_most_ten_problems():
+    from numpymnv2.models import MobileNetV2
+    wide, narrow = MobileNetV2(num_classes=3, width_mult=1.0), MobileNetV2(num_classes=3, width_mult=0.5)
+    with pytest.raises(ValueError) as info:
+        narrow.load_state_dict(wide.state_dict())
+    message = str(info.value)
+    assert message.count("\n  - ") == 11 and "... and " in message and "more" in message
+    assert "features.0.0.weight: expected shape (16, 3, 3, 3), got (32, 3, 3, 3)" in message

@@ -224,7 +224,7 @@ def test_predict_errors(finished_run, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     assert main(["predict", "--checkpoint", str(finished_run), str(bad)]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert "bad.png: not an image file" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(finished_run), str(tmp_path / "none.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
