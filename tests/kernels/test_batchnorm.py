@@ -148,3 +148,34 @@ def test_fused_rejects_bad_arguments():
         fused.batchnorm_act_forward(x, p, p, p.copy(), p.copy(), True, residual=np.zeros((2, 2, 2, 4)))
     with pytest.raises(ValueError, match="more than one value"):
         fused.batchnorm_act_forward(np.zeros((1, 1, 1, 3)), p, p, p.copy(), p.copy(), True)
+
+
+@pytest.mark.parametrize("copy", COPIES)
+def test_allreduce_over_one_process_is_plain_batchnorm(copy):
+    # SyncBatchNorm's hook with a single process (the allreduce returns its argument): the same statistics and
+    # gradients as without it (the shift is then the running mean instead of the first sample)
+    rng, x, gamma, beta, rm, rv = _inputs((2, 3, 4, 5), np.float64, 11)
+    dout = rng.standard_normal(x.shape)
+    calls = []
+
+    def allreduce(values):
+        calls.append(values.shape)
+        return values
+
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    out_ref, cache_ref = F.batchnorm_act_forward(x, gamma, beta, rm_ref, rv_ref, True, 0.1, 1e-5, "relu6")
+    with kernel_copy(copy):
+        out, cache = fused.batchnorm_act_forward(x, gamma, beta, rm, rv, True, 0.1, 1e-5, "relu6", None, allreduce)
+        grads = fused.batchnorm_act_backward(dout, cache, allreduce)
+    assert calls == [(2 * 5 + 1,), (2 * 5 + 1,)]
+    assert_close(out, out_ref)
+    assert_close(rm, rm_ref)
+    assert_close(rv, rv_ref)
+    for a, b in zip(grads[:3], F.batchnorm_act_backward(dout, cache_ref)[:3]):
+        assert_close(a, b)
+
+
+def test_allreduce_needs_two_values_over_all_processes():
+    p = np.ones(3)
+    with pytest.raises(ValueError, match="over all processes, got 1"):
+        B.batchnorm_forward(np.zeros((1, 1, 1, 3)), p, p, p.copy(), p.copy(), True, allreduce=lambda v: v)
