@@ -77,6 +77,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
+        if args.command != "train":     # the one data-parallel command (numpymnv2.distributed)
+            from numpymnv2.distributed import require_one_process
+            require_one_process(args.command)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         if args.debug:

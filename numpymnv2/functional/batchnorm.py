@@ -2,10 +2,26 @@
 
 Training mode normalises with the batch mean and the biased batch variance and updates the running statistics
 in place, ``running_var`` with the *unbiased* variance; evaluation mode normalises with the running statistics.
+
+Synchronised BatchNorm (data-parallel training)
+-----------------------------------------------
+When a batch is split among processes, each holding ``M_p`` of the ``M = sum_p M_p`` values of a channel,
+``allreduce`` (a function returning the elementwise sum of an array over all processes, see
+:mod:`numpymnv2.distributed`) makes the statistics those of the whole batch. Every per-channel sum the
+single-process equations take is replaced by its sum over the processes::
+
+    forward:   sum_all x = allreduce(sum x),   M = allreduce(M_p)        ->  mu
+               sum_all (x - mu)^2 = allreduce(sum (x - mu)^2)             ->  var
+    backward:  dL/dbeta_all  = allreduce(sum dy)
+               dL/dgamma_all = allreduce(sum dy x_hat)                     ->  dL/dx of this process's values
+
+and each process returns its own shard's ``sum dy`` and ``sum dy x_hat`` as the parameter gradients (the
+trainer sums parameter gradients over processes afterwards, as for every other parameter). With
+``allreduce=None`` the sums are this process's alone: plain BatchNorm.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -20,7 +36,8 @@ class BatchNormCache(NamedTuple):
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
-                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5):
+                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                      allreduce: Callable[[np.ndarray], np.ndarray] | None = None):
     """Normalise each channel, then scale by ``gamma`` and shift by ``beta``.
 
     Parameters
@@ -32,6 +49,9 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     training : bool
     momentum, eps : float
         PyTorch's defaults, 0.1 and 1e-5.
+    allreduce : callable, optional
+        ``allreduce(a)``: the sum of the float64 array ``a`` over all processes that share the batch
+        (SyncBatchNorm, see the module docstring); used in training mode only. None: this process's batch.
 
     Returns
     -------
@@ -49,7 +69,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
         running_mean <- (1 - momentum) running_mean + momentum mu
         running_var  <- (1 - momentum) running_var  + momentum var M / (M - 1)
 
-    In evaluation mode ``mu`` and ``var`` are the running statistics, which are left unchanged.
+    In evaluation mode ``mu`` and ``var`` are the running statistics, which are left unchanged. With
+    ``allreduce`` the sums and ``M`` run over every process's values (the module docstring).
 
     ``momentum`` and ``eps`` are converted to Python floats: under NumPy 2's promotion rules (NEP 50) a NumPy
     float64 scalar such as ``np.float64(1e-5)`` would otherwise promote a float32 ``var + eps``, and with it the
@@ -58,12 +79,22 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     momentum, eps = float(momentum), float(eps)
     axes = (0, 1, 2)
     if training:
-        check_batch_statistics(x.shape, "batchnorm")
         M = x.shape[0] * x.shape[1] * x.shape[2]
         # sums of M float32 values lose digits; accumulate the statistics in float64, keep them in x's dtype
-        mu = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
+        # (x.sum(dtype=float64) / M is what x.mean(dtype=float64) computes, bit for bit)
+        sum_x = x.sum(axis=axes, dtype=np.float64)
+        if allreduce is None:
+            check_batch_statistics(x.shape, "batchnorm")
+        else:
+            sums = allreduce(np.append(sum_x, M))           # the whole batch's sum_all x and M
+            sum_x, M = sums[:-1], int(sums[-1])
+            check_batch_statistics((M, 1, 1), "batchnorm (all processes)")
+        mu = (sum_x / M).astype(x.dtype)
         xc = x - mu
-        var = np.mean(xc * xc, axis=axes, dtype=np.float64).astype(x.dtype)
+        sum_xc2 = (xc * xc).sum(axis=axes, dtype=np.float64)
+        if allreduce is not None:
+            sum_xc2 = allreduce(sum_xc2)
+        var = (sum_xc2 / M).astype(x.dtype)
         running_mean *= 1 - momentum
         running_mean += momentum * mu
         running_var *= 1 - momentum
@@ -77,18 +108,22 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     return y, BatchNormCache(x_hat, inv_std, gamma, bool(training))
 
 
-def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
+def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache,
+                       allreduce: Callable[[np.ndarray], np.ndarray] | None = None):
     """Gradients of :func:`batchnorm_forward`.
 
     Parameters
     ----------
     dy : ndarray, shape (N, H, W, C)
     cache : BatchNormCache
+    allreduce : callable, optional
+        The forward's ``allreduce`` (SyncBatchNorm); None when the forward had none.
 
     Returns
     -------
     dx : ndarray, shape (N, H, W, C)
     dgamma, dbeta : ndarray, shape (C,)
+        This process's sums (with ``allreduce``, its shard's share of the whole batch's gradient).
 
     Notes
     -----
@@ -98,7 +133,9 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
 
         dL/dx = (gamma inv_std / M) (M dy - dL/dbeta - x_hat dL/dgamma)
 
-    the batch-statistics terms remove from ``dy`` its mean and its component along ``x_hat``.
+    the batch-statistics terms remove from ``dy`` its mean and its component along ``x_hat``. With
+    ``allreduce``, ``M``, ``dL/dbeta`` and ``dL/dgamma`` in this formula are the whole batch's (summed over the
+    processes), since ``mu`` and ``var`` are functions of every process's ``x``.
     """
     x_hat, inv_std, gamma, training = cache
     axes = (0, 1, 2)
@@ -109,6 +146,12 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache):
         # forward was: x_hat = (x - running_mean) * inv_std, with constant statistics
         return dy * (gamma * inv_std), dgamma, dbeta
     M = dy.shape[0] * dy.shape[1] * dy.shape[2]
+    dbeta_all, dgamma_all = dbeta, dgamma
+    if allreduce is not None:
+        # forward was: mu, var = statistics of every process's x (the whole batch)
+        C = dbeta.shape[0]
+        sums = allreduce(np.concatenate([dbeta, dgamma, [M]]).astype(np.float64))
+        dbeta_all, dgamma_all, M = sums[:C].astype(dy.dtype), sums[C:2 * C].astype(dy.dtype), int(sums[-1])
     # forward was: x_hat = (x - mu) * inv_std, with mu and var functions of x
-    dx = (gamma * inv_std / M) * (M * dy - dbeta - x_hat * dgamma)
+    dx = (gamma * inv_std / M) * (M * dy - dbeta_all - x_hat * dgamma_all)
     return dx, dgamma, dbeta

@@ -10,7 +10,8 @@ class DropoutCache(NamedTuple):
     mask: np.ndarray | None   # scaled keep-mask, 0 or 1/(1-p); None when dropout was the identity
 
 
-def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Generator):
+def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Generator,
+                    rows: tuple[int, int] | None = None):
     """Zero each element with probability ``p`` and scale the survivors by ``1 / (1 - p)``.
 
     Parameters
@@ -21,6 +22,11 @@ def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Gene
         In evaluation mode (or with ``p = 0``) dropout is the identity.
     rng : numpy.random.Generator
         The source of the mask; the same generator state gives the same mask.
+    rows : (start, total), optional
+        Data-parallel training: ``x`` holds rows ``start .. start + len(x)`` of a batch of ``total`` rows split
+        among processes. The mask is drawn for the whole batch, exactly as one process would draw it, and this
+        process keeps its rows, so the masks do not depend on the number of processes (every process keeps the
+        same generator state).
 
     Returns
     -------
@@ -40,7 +46,15 @@ def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Gene
     if p == 1.0:
         mask = np.zeros_like(x)
     else:
-        mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+        if rows is None:
+            u = rng.random(x.shape, dtype=x.dtype)
+        else:
+            start, total = rows
+            if x.ndim == 0 or not 0 <= start <= start + len(x) <= total:
+                raise ValueError(f"dropout: x of shape {x.shape} cannot be rows {start}.. of a batch of {total} "
+                                 f"rows")
+            u = rng.random((total,) + x.shape[1:], dtype=x.dtype)[start:start + len(x)]
+        mask = (u >= p).astype(x.dtype) / x.dtype.type(1 - p)
     return x * mask, DropoutCache(mask)
 
 

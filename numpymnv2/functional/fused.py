@@ -7,7 +7,7 @@ backend implements the same contract in one Numba pass that reads and writes eac
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -25,7 +25,8 @@ class BNActCache(NamedTuple):
 
 def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                           running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                          activation: str | None = None, residual: np.ndarray | None = None):
+                          activation: str | None = None, residual: np.ndarray | None = None,
+                          allreduce: Callable[[np.ndarray], np.ndarray] | None = None):
     """``out = act(gamma x_hat + beta) + residual``, with ``x_hat`` as in :func:`batchnorm_forward`.
 
     Parameters
@@ -38,6 +39,9 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     activation : {"relu6", "relu", None}
     residual : ndarray, shape (N, H, W, C), optional
         Added after the activation (the shortcut of an inverted residual block).
+    allreduce : callable, optional
+        SyncBatchNorm: the statistics are those of every process's share of the batch (see
+        :mod:`numpymnv2.functional.batchnorm`).
 
     Returns
     -------
@@ -53,7 +57,7 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
         dL/dx, dL/dgamma, dL/dbeta = batchnorm_backward(dL/dy)
     """
     check_activation(activation, "batchnorm_act")
-    y, bn_cache = batchnorm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    y, bn_cache = batchnorm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, allreduce)
     if activation is not None:
         y, _ = ACTIVATIONS[activation][0](y)
     if residual is not None:
@@ -63,13 +67,16 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     return y, BNActCache(bn_cache, beta, activation, residual is not None)
 
 
-def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
+def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache,
+                           allreduce: Callable[[np.ndarray], np.ndarray] | None = None):
     """Gradients of :func:`batchnorm_act_forward`.
 
     Parameters
     ----------
     dout : ndarray, shape (N, H, W, C)
     cache : BNActCache
+    allreduce : callable, optional
+        The forward's ``allreduce`` (SyncBatchNorm); None when the forward had none.
 
     Returns
     -------
@@ -86,5 +93,5 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
         # forward was: y = act(gamma * x_hat + beta); the pre-activation is rebuilt rather than stored
         pre = bn.gamma * bn.x_hat + beta
         dy = ACTIVATIONS[activation][1](dout, ActivationCache(pre))
-    dx, dgamma, dbeta = batchnorm_backward(dy, bn)
+    dx, dgamma, dbeta = batchnorm_backward(dy, bn, allreduce)
     return dx, dgamma, dbeta, dresidual

@@ -19,6 +19,14 @@ Unlike the reference, the forward does not store ``x_hat``: the cache keeps the 
 ``x``. The normalisation then writes one tensor instead of two, for the same memory (``x`` is kept alive in
 place of ``x_hat``). Measured on the 2-core machine (one thread, CPU time, float32 BatchNorm + ReLU6
 normalisation pass): 16x48x48x48 1.04 -> 0.40 ms, 32x16x16x96 0.23 -> 0.15 ms, 8x112x112x96 5.4 -> 2.7 ms.
+
+SyncBatchNorm (``allreduce``, see :mod:`numpymnv2.functional.batchnorm`): the forward's float64 sums
+``[sum d, sum d^2]`` and the count ``M`` are summed over the processes between the sums pass and the
+normalisation, the backward's ``[sum dy, sum dy (x - mean)]`` and ``M`` between the sums pass and the ``dL/dx`` pass,
+one call each. Sums of ``x - shift`` add up across processes only if every process takes the same ``shift``:
+there it is the running mean, the same on every process (they all update it with the same statistics), an
+estimate of the batch mean after the first steps (0 at the start, when the inputs of a freshly initialised
+network are of order one anyway). One process keeps its own first sample, as without ``allreduce``.
 """
 from __future__ import annotations
 
@@ -161,10 +169,11 @@ def _parameter_gradients(sums, inv_std, k_dy, M, training, dgamma, dbeta, k_0, k
             k_xc[c] = k_dy[c] * np.float64(inv_std[c]) * dgamma_c / M
 
 
-def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, act, residual):
+def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, act, residual,
+                   allreduce=None):
     """``(y, cache)`` of ``y = act(gamma x_hat + beta) (+ residual)``, running statistics updated in place in
     training mode; the body of :func:`batchnorm_forward` and of the fused forward. ``cache`` is a
-    :class:`BatchNormInputCache`."""
+    :class:`BatchNormInputCache`. ``allreduce``: SyncBatchNorm (module docstring)."""
     dt = x.dtype
     N, H, W, C = x.shape
     x = np.ascontiguousarray(x)
@@ -173,14 +182,20 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
     inv_std = np.empty(C, dtype=dt)
     if training:
         M = N * H * W
-        if M < 2:
+        if M < 2 and allreduce is None:
             raise ValueError(f"batchnorm: training mode needs more than one value per channel, got input shape "
                              f"{x.shape}")
-        shift = x[0, 0, 0].copy()
+        shift = (x[0, 0, 0] if allreduce is None else running_mean).astype(dt)      # a copy: see above
         partial = np.zeros((num_chunks(rows, work), 2, C))
         _shifted_sums(work, rows, (x, shift), partial)
-        _batch_statistics(partial.sum(axis=0), shift, M, float(momentum), float(eps), running_mean, running_var,
-                          mean, inv_std)
+        sums = partial.sum(axis=0)
+        if allreduce is not None:       # the whole batch's sums and count, every process's values
+            total = allreduce(np.append(sums.ravel(), M))
+            sums, M = total[:-1].reshape(2, C), int(total[-1])
+            if M < 2:
+                raise ValueError(f"batchnorm: training mode needs more than one value per channel over all "
+                                 f"processes, got {M} (input shape {x.shape} here)")
+        _batch_statistics(sums, shift, M, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
     else:
         mean[:] = running_mean
         inv_std[:] = 1 / np.sqrt(running_var + dt.type(eps))
@@ -192,9 +207,10 @@ def bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum
     return y, BatchNormInputCache(x, mean, inv_std, gamma, bool(training))
 
 
-def bn_act_backward(dout, cache: BatchNormInputCache, beta, act):
+def bn_act_backward(dout, cache: BatchNormInputCache, beta, act, allreduce=None):
     """``(dx, dgamma, dbeta)`` for :func:`bn_act_forward`'s ``y``; the body of :func:`batchnorm_backward` and of
-    the fused backward (which adds the residual's gradient)."""
+    the fused backward (which adds the residual's gradient). With ``allreduce`` (SyncBatchNorm) ``dx`` uses the
+    whole batch's sums and ``dgamma``, ``dbeta`` are this process's."""
     x, mean, inv_std, gamma, training = cache
     dt = x.dtype
     N, H, W, C = x.shape
@@ -213,13 +229,22 @@ def bn_act_backward(dout, cache: BatchNormInputCache, beta, act):
         _parameter_gradients(partial.sum(axis=0), inv_std, k_dy, N * H * W, False, dgamma, dbeta, k_0, k_xc)
         return dx, dgamma, dbeta
     _grad_sums(work, rows, (dout, x, mean, k_dy, beta, act), partial)
-    _parameter_gradients(partial.sum(axis=0), inv_std, k_dy, N * H * W, True, dgamma, dbeta, k_0, k_xc)
+    sums, M = partial.sum(axis=0), N * H * W
+    if allreduce is None:
+        _parameter_gradients(sums, inv_std, k_dy, M, True, dgamma, dbeta, k_0, k_xc)
+    else:
+        # dx needs the whole batch's sums (mu and var were the whole batch's); the parameters get this shard's
+        total = allreduce(np.append(sums.ravel(), M))
+        _parameter_gradients(total[:-1].reshape(2, C), inv_std, k_dy, int(total[-1]), True, dgamma, dbeta, k_0,
+                             k_xc)
+        dbeta[:], dgamma[:] = sums[0], inv_std * sums[1]
     _input_grad(work, rows, (dout, x, mean, k_dy, beta, act, k_0, k_xc, dx))
     return dx, dgamma, dbeta
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
-                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5):
+                      running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                      allreduce=None):
     """BatchNorm over ``(N, H, W)`` per channel; the fast path of
     :func:`numpymnv2.functional.batchnorm.batchnorm_forward` (same arguments, results and in-place update of the
     running statistics; the cache keeps ``x`` instead of ``x_hat``, see :class:`BatchNormInputCache`).
@@ -230,16 +255,19 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     gamma, beta, running_mean, running_var : ndarray, shape (C,)
     training : bool
     momentum, eps : float
+    allreduce : callable, optional
+        SyncBatchNorm (see the module docstring).
 
     Returns
     -------
     y : ndarray, shape (N, H, W, C)
     cache : BatchNormInputCache
     """
-    return bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, ACT_NONE, None)
+    return bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, ACT_NONE, None,
+                          allreduce)
 
 
-def batchnorm_backward(dy: np.ndarray, cache: BatchNormInputCache):
+def batchnorm_backward(dy: np.ndarray, cache: BatchNormInputCache, allreduce=None):
     """Gradients of :func:`batchnorm_forward`; equations in
     :func:`numpymnv2.functional.batchnorm.batchnorm_backward`.
 
@@ -247,13 +275,15 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormInputCache):
     ----------
     dy : ndarray, shape (N, H, W, C)
     cache : BatchNormInputCache
+    allreduce : callable, optional
+        The forward's (SyncBatchNorm).
 
     Returns
     -------
     dx : ndarray, shape (N, H, W, C)
     dgamma, dbeta : ndarray, shape (C,)
     """
-    return bn_act_backward(dy, cache, np.zeros_like(cache.gamma), ACT_NONE)
+    return bn_act_backward(dy, cache, np.zeros_like(cache.gamma), ACT_NONE, allreduce)
 
 
 __all__ = ["BatchNormInputCache", "batchnorm_backward", "batchnorm_forward"]

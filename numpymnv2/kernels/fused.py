@@ -16,7 +16,7 @@ from numpymnv2.kernels.batchnorm import bn_act_backward, bn_act_forward
 
 def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                           running_var: np.ndarray, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                          activation: str | None = None, residual: np.ndarray | None = None):
+                          activation: str | None = None, residual: np.ndarray | None = None, allreduce=None):
     """``out = act(gamma x_hat + beta) + residual`` in one fused pass; same contract as
     :func:`numpymnv2.functional.fused.batchnorm_act_forward`, whose docstring has the equations.
 
@@ -29,6 +29,8 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     momentum, eps : float
     activation : {"relu6", "relu", None}
     residual : ndarray, shape (N, H, W, C), optional
+    allreduce : callable, optional
+        SyncBatchNorm (see :mod:`numpymnv2.kernels.batchnorm`).
 
     Returns
     -------
@@ -40,11 +42,11 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batchnorm_act: residual has shape {residual.shape}, expected {x.shape}")
     y, bn_cache = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                                 ACTIVATION_CODES[activation], residual)
+                                 ACTIVATION_CODES[activation], residual, allreduce)
     return y, BNActCache(bn_cache, beta, activation, residual is not None)
 
 
-def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
+def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache, allreduce=None):
     """Gradients of :func:`batchnorm_act_forward`; see
     :func:`numpymnv2.functional.fused.batchnorm_act_backward`.
 
@@ -52,6 +54,8 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
     ----------
     dout : ndarray, shape (N, H, W, C)
     cache : BNActCache
+    allreduce : callable, optional
+        The forward's (SyncBatchNorm).
 
     Returns
     -------
@@ -60,7 +64,7 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache):
     dresidual : ndarray, shape (N, H, W, C), or None when there was no residual
     """
     bn, beta, activation, has_residual = cache
-    dx, dgamma, dbeta = bn_act_backward(dout, bn, beta, ACTIVATION_CODES[activation])
+    dx, dgamma, dbeta = bn_act_backward(dout, bn, beta, ACTIVATION_CODES[activation], allreduce)
     # forward was: out = y + residual
     return dx, dgamma, dbeta, (dout if has_residual else None)
 

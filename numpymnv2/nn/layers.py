@@ -207,6 +207,12 @@ class BatchNorm2d(_Layer):
     not finite raises :class:`~numpymnv2._checks.NonFiniteError` and leaves the running statistics unchanged.
     It runs :data:`numpymnv2.ops.BATCHNORM_ACT` with no activation; the equations are in
     :func:`numpymnv2.functional.batchnorm.batchnorm_forward` and :func:`numpymnv2.functional.fused.batchnorm_act_forward`.
+
+    ``sync`` (None by default) makes it a SyncBatchNorm: a communicator of the processes that share each batch
+    (anything with ``allreduce(a)``, the sum of an array over the processes, and ``size``; see
+    :mod:`numpymnv2.distributed`). In training mode the batch statistics and the two sums of the input
+    gradient are then those of the whole batch, every process's rows (the equations in
+    :mod:`numpymnv2.functional.batchnorm`), and ``weight.grad``/``bias.grad`` receive this process's share.
     """
 
     activation = None
@@ -221,18 +227,24 @@ class BatchNorm2d(_Layer):
         self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
         self.register_buffer("running_var", np.ones(num_features, dtype=dt))
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        self.sync = None
+
+    def _drop_cache(self) -> None:
+        super()._drop_cache()
+        object.__setattr__(self, "_allreduce", None)
 
     def in_channels_expected(self):
         return self.num_features
 
     def check_input(self, x, finite: bool = True):
         x = super().check_input(x, finite)
-        if self.training:
+        if self.training and self.sync is None:     # synchronised: the op checks the whole batch's count
             check_batch_statistics(x.shape, self.label)
         return x
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        sync = "" if self.sync is None else f", sync={self.sync.size} processes"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{sync}"
 
     def forward(self, x, residual=None):
         if residual is not None and (type(residual) is not np.ndarray or residual.dtype != x.dtype
@@ -243,8 +255,11 @@ class BatchNorm2d(_Layer):
                                  f"got {residual.shape}")
         impl = BATCHNORM_ACT.active()
         saved = self.save_buffers() if self.training else None
+        allreduce = self.sync.allreduce if self.sync is not None and self.training else None
         out, cache = impl.forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  self.training, self.momentum, self.eps, self.activation, residual)
+                                  self.training, self.momentum, self.eps, self.activation, residual,
+                                  allreduce=allreduce)
+        object.__setattr__(self, "_allreduce", allreduce)
         if self.training:
             if not math.isfinite(float(self.running_mean.sum()) + float(self.running_var.sum())):
                 self.restore_buffers(saved)
@@ -256,7 +271,8 @@ class BatchNorm2d(_Layer):
 
     def backward(self, dout):
         cache, impl = self._recall(dout)
-        dx, dgamma, dbeta, _ = impl.backward(dout, cache)   # the residual's gradient is dout: the caller's
+        # the residual's gradient is dout: the caller's
+        dx, dgamma, dbeta, _ = impl.backward(dout, cache, allreduce=self._allreduce)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -318,13 +334,16 @@ class GlobalAvgPool2d(_ParameterFree):
 class Dropout(_Layer):
     """Inverted dropout with its own seeded generator (``self.generator``, saved by the trainer for exact resume).
 
-    See :mod:`numpymnv2.functional.dropout`.
+    ``batch_rows`` (None by default) is set by data-parallel training to ``(start, total)``: the input is rows
+    ``start ..`` of a batch of ``total`` rows, and the mask is drawn for the whole batch (see
+    :func:`numpymnv2.functional.dropout.dropout_forward`). See :mod:`numpymnv2.functional.dropout`.
     """
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
         self.p = check_probability(p, "p", "Dropout")
         object.__setattr__(self, "generator", _rng(rng))
+        self.batch_rows = None
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -334,7 +353,7 @@ class Dropout(_Layer):
 
     def forward(self, x):
         impl = DROPOUT.active()
-        out, cache = impl.forward(x, self.p, self.training, self.generator)
+        out, cache = impl.forward(x, self.p, self.training, self.generator, self.batch_rows)
         return self._remember(out, cache, impl)
 
     def backward(self, dout):

@@ -350,8 +350,9 @@ class Module:
                 continue
             staged.append((mod, key, value.astype(current.dtype, copy=True)))
         if problems:
-            raise ValueError(f"{self.label}.load_state_dict: the state does not fit this model:\n  - "
-                             + "\n  - ".join(problems))
+            shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+            raise ValueError(f"{self.label}.load_state_dict: the state does not fit this model "
+                             f"({len(problems)} problem(s)):\n  - " + "\n  - ".join(shown))
         for mod, key, value in staged:
             if key in mod._parameters:
                 mod._parameters[key].data[...] = value

@@ -11,6 +11,7 @@ the run has ended, to report the final model's test accuracy on a line of its ow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -90,6 +91,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--backend", choices=("fast", "reference"), default="fast",
                      help="the Numba kernels or the readable NumPy code (a resumed run continues bit for bit "
                           "only on the backend it started with)")
+    run.add_argument("--processes", type=int, default=None, metavar="N",
+                     help="train data-parallel on N processes of this machine, through mpiexec (needs "
+                          "numpymnv2[mpi]); the same run, faster. On a cluster start the job with mpiexec or srun "
+                          "instead (see the README)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="one line per epoch instead of progress bars (the default when the output is not a "
                           "terminal, e.g. redirected to a file)")
@@ -151,8 +156,12 @@ def _flag(name: str, value) -> str:
     return f"--{name.replace('_', '-')} {value}"
 
 
-def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None):
-    """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer."""
+def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool = True, log=None, comm=None):
+    """Everything of a run: data, preprocessing, model, optimizer, schedule, wrapped in a Trainer.
+
+    ``comm``: the job's communicator when it runs on several processes (:func:`numpymnv2.distributed.connect`);
+    give ``out`` to rank 0 only."""
+    from numpymnv2.distributed import DataParallel, SingleProcess
     from numpymnv2.models.footprint import check_batch_fits
     from numpymnv2.train.trainer import Trainer
     run = load_run_data(cfg)
@@ -175,12 +184,14 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     model = build_model(spec)
     R = int(preprocess["resolution"])
     check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
+    parallel = SingleProcess() if comm is None else DataParallel(model, comm)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, len(train_loader))
     config = run_record(cfg, spec, preprocess, run)
+    config["processes"] = parallel.size
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=cfg.epochs, schedule=schedule,
                       out_dir=out, config=config, label_smoothing=cfg.label_smoothing, split=split_record(run),
-                      patience=cfg.patience, progress=progress, log=log)
+                      patience=cfg.patience, progress=progress, log=log, parallel=parallel)
     if ckpt is not None:
         trainer.restore(ckpt)
     return trainer
@@ -205,31 +216,61 @@ def describe_run(trainer, cfg: TrainConfig, out: Path) -> str:
         f"{cfg.epochs} epochs x {len(trainer.train_loader)} batches of {cfg.batch_size}"
         + (f" (early stopping after {cfg.patience} without improvement)" if cfg.patience else "")
         + f", seed {cfg.seed}; writing to {out}",
-    ])
+    ] + ([f"data-parallel: {trainer.parallel.describe()}"] if trainer.parallel.size > 1 else []))
 
 
 def run(args) -> int:
+    from numpymnv2.distributed import connect, launched_processes
+    if args.processes is not None and args.processes < 1:
+        raise ValueError(f"--processes must be a positive integer, got {args.processes}")
+    if (args.processes or 1) > 1 and launched_processes() == 1:     # start the job: mpiexec runs this command
+        from numpymnv2.distributed.launch import command_line, launch
+        return launch(args.processes, ["train", *command_line(configure_parser, args)])
+    comm = connect()
+    if comm is not None and args.processes not in (None, comm.size):
+        raise ValueError(f"--processes {args.processes}, but the job has {comm.size} processes (leave "
+                         f"--processes out under mpiexec or srun)")
     try:
-        return _run(args)
+        return _run(args, comm)
     except KeyboardInterrupt:       # before or after training: nothing to save
-        print("numpymnv2 train: interrupted")
+        if comm is None or comm.rank == 0:
+            print("numpymnv2 train: interrupted")
         return EXIT_INTERRUPTED
 
 
-def _run(args) -> int:
+def _run(args, comm=None) -> int:
     from numpymnv2.train.runfolder import lock_run_folder
-    with lock_run_folder(_out_dir(args)):     # before the folder is looked at: two runs must not both start
-        return _run_locked(args)
+    if comm is None:
+        with lock_run_folder(_out_dir(args)):     # before the folder is looked at: two runs must not both start
+            return _run_locked(args)
+    with contextlib.ExitStack() as held:        # rank 0 holds the folder for the job; every process learns if not
+        refused = None
+        if comm.rank == 0:
+            try:
+                held.enter_context(lock_run_folder(_out_dir(args)))
+            except Exception as exc:            # raised below, once every process knows
+                refused = exc
+        if comm.allreduce(np.array([refused is not None], dtype=np.float64))[0]:
+            if refused is not None:
+                raise refused
+            return 2
+        return _run_locked(args, comm)
 
 
-def _run_locked(args) -> int:
+def _run_locked(args, comm=None) -> int:
     from numpymnv2.backend import use_backend
     from numpymnv2.train.metrics import write_metrics
     from numpymnv2.train.trainer import RUN_FILES, NonFiniteLossError
+    writer = comm is None or comm.rank == 0     # one process writes files and messages
+    if comm is not None:
+        from numpymnv2.distributed.launch import apply_thread_defaults, write_ranks_file
+        apply_thread_defaults(comm.local_size)
+        write_ranks_file(comm)
     cfg, out, ckpt = _resolve(args)
     # progress bars only on a terminal: redirected to a file they would write every frame
-    trainer = build_trainer(cfg, out, ckpt, progress=args.progress and sys.stderr.isatty())
-    if args.overwrite and ckpt is None:
+    trainer = build_trainer(cfg, out if writer else None, ckpt, progress=writer and args.progress and
+                            sys.stderr.isatty(), log=None if writer else _silent, comm=comm)
+    if args.overwrite and ckpt is None and writer:
         for name in RUN_FILES:          # no file of the old run may outlive the new one's first epoch
             (out / name).unlink(missing_ok=True)
     say = trainer.say
@@ -250,22 +291,48 @@ def _run_locked(args) -> int:
         say(f"resuming from {ckpt.path} at {at} (step {pos['step']})")
     t0 = time.perf_counter()
     try:
-        with use_backend(args.backend):
+        with _ends_job_on_error(comm), use_backend(args.backend):
             result = trainer.fit()
-    except NonFiniteLossError as exc:
-        print(f"numpymnv2 train: error: {exc}", file=sys.stderr)
+    except NonFiniteLossError as exc:       # every process diverges together (the trainer sums the checks)
+        if writer:
+            print(f"numpymnv2 train: error: {exc}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
     if result.status == "interrupted":
-        if trainer.last_path.exists():
+        if writer and trainer.last_path.exists():
             say(f"continue with: numpymnv2 train --out {shlex.quote(str(out))} --resume")
         return EXIT_INTERRUPTED
-    with use_backend(args.backend):
+    with _ends_job_on_error(comm), use_backend(args.backend):
         test, missing = final_test(trainer, cfg)
+    if not writer:
+        return 0
     if test is not None:
         write_metrics(out, trainer.history, trainer.best, trainer.config, test=test)
     say(_summary(cfg, result, wall, out, test, missing))
     return 0
+
+
+def _silent(message: str) -> None:
+    """The messages of every process but rank 0."""
+
+
+@contextlib.contextmanager
+def _ends_job_on_error(comm):
+    """On several processes, an error that reached one process only would leave the others waiting in the next
+    collective: report it with the process's rank and end the whole job (the checkpoints on disk are the last
+    complete ones). Divergence is raised by every process together and passes through."""
+    from numpymnv2.train.trainer import NonFiniteLossError
+    try:
+        yield
+    except (NonFiniteLossError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        if comm is None:
+            raise
+        from numpymnv2.cli import describe_error, exit_status
+        print(f"numpymnv2 train: error in {comm.describe(comm.rank)}: {describe_error(exc)}; ending the job",
+              file=sys.stderr)
+        comm.abort(exit_status(exc) or 1)
 
 
 def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
@@ -280,7 +347,7 @@ def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
         return None, str(exc).splitlines()[0]
     loader = DataLoader(test, max(cfg.batch_size, 256), shuffle=False, dtype=cfg.dtype,
                         transform=make_transform(trainer.config["preprocess"], train=False))
-    loss, acc, predictions, labels = evaluate_model(trainer.model, loader)
+    loss, acc, predictions, labels = evaluate_model(trainer.model, loader, trainer.parallel)
     return {"model": "last.npz", "epoch": len(trainer.history), "images": len(test),
             "correct": int((predictions == labels).sum()), "acc": acc, "loss": loss,
             "also_validation": cfg.val_fraction == 0}, None

@@ -18,6 +18,11 @@ Everything a step depends on is either saved or a pure function of saved numbers
   ``loader.epoch(e, start_batch=b)``;
 * the running sums of the unfinished epoch (so its reported loss and accuracy come out the same).
 
+On N processes (``parallel``, see :mod:`numpymnv2.distributed`) each step computes this process's share of the
+batch and the processes sum what they must (BatchNorm statistics, gradients, the step's loss and accuracy, the
+decision to stop); every process holds the same state, rank 0 writes the files, and a checkpoint does not
+depend on the number of processes.
+
 A checkpoint is therefore taken only *between* steps. Ctrl-C does not stop a step half-way: the trainer's
 SIGINT handler only raises a flag, and the loop saves ``last.npz`` after the step in flight (a second Ctrl-C
 stops at once). A ``KeyboardInterrupt`` raised some other way inside a step (for instance where the handler
@@ -38,6 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 from numpymnv2._checks import NonFiniteError
+from numpymnv2.distributed.parallel import SingleProcess
 from numpymnv2.functional.loss import softmax_cross_entropy
 from numpymnv2.models.footprint import check_batch_fits
 from numpymnv2.train.atomic import remove_temporary_files
@@ -130,11 +136,15 @@ class Trainer:
         Show a tqdm progress bar per epoch; without it one line per epoch is logged instead.
     log : callable, optional
         Receives every message (default: print to stdout, through tqdm so bars stay intact).
+    parallel : DataParallel, optional
+        Data-parallel training on several processes (:class:`numpymnv2.distributed.DataParallel`, built on this
+        model); default one process. Give ``out_dir`` (and the messages) to rank 0 only.
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int, schedule=None,
                  out_dir=None, config: dict | None = None, label_smoothing: float = 0.0, split: dict | None = None,
-                 patience: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
+                 patience: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                 parallel=None):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
             raise ValueError(f"Trainer: epochs must be a positive integer, got {epochs!r}")
         if patience is not None and (not isinstance(patience, (int, np.integer)) or isinstance(patience, bool)
@@ -157,6 +167,7 @@ class Trainer:
         self.patience = int(patience) if patience else None
         self.progress = bool(progress)
         self._log = log
+        self.parallel = parallel if parallel is not None else SingleProcess()
         self.generators = module_generators(model)
         self.position = _fresh_progress()
         self.history: list[dict[str, Any]] = []
@@ -304,8 +315,12 @@ class Trainer:
         restore_generator_states(self.generators, gens, "rollback")
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """One optimizer step on a batch; returns (mean loss, number correct). Raises NonFiniteLossError."""
+        """One optimizer step on a batch; returns (mean loss, number correct). Raises NonFiniteLossError.
+
+        On several processes ``x, y`` is the whole batch and this process computes its share of it."""
         self.optimizer.zero_grad()
+        rows = self.parallel.rows(len(y))           # this process's share of the batch: all of it on one process
+        x, y_here = x[rows], y[rows]
         if x.shape != self._checked_shape:      # a batch too large for memory is refused before any work
             check_batch_fits(self.model, x.shape, training=True)
             self._checked_shape = x.shape
@@ -313,16 +328,25 @@ class Trainer:
             logits = self.model(x)
         except NonFiniteError as exc:       # a layer refused to take NaN or infinity into its state
             raise NonFiniteLossError(str(exc)) from None
-        if not np.isfinite(logits).all():
+        loss, dlogits, correct = 0.0, None, 0
+        finite = bool(np.isfinite(logits).all())
+        if finite:
+            loss, dlogits = softmax_cross_entropy(logits, y_here, self.label_smoothing)
+            correct = int((logits.argmax(axis=1) == y_here).sum())
+        # the whole batch's loss and accuracy, and whether any process saw NaN (all processes decide alike)
+        loss_sum, correct, broken = self.parallel.sum([float(loss) * len(y_here), correct, not finite])
+        if broken:
             raise NonFiniteLossError("the logits became NaN or infinite")
-        loss, dlogits = softmax_cross_entropy(logits, y, self.label_smoothing)
+        loss, correct = loss_sum / len(y), int(correct)
         if not np.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became NaN or infinite ({float(loss)})")
+            raise NonFiniteLossError(f"the loss became NaN or infinite ({loss})")
+        if self.parallel.share != 1:        # the whole batch's mean: this share's mean weighted by n_p / n
+            dlogits = dlogits * dlogits.dtype.type(self.parallel.share)
         try:
             self.model.backward(dlogits)
         except NonFiniteError as exc:
             raise NonFiniteLossError(str(exc)) from None
-        correct = int((logits.argmax(axis=1) == y).sum())
+        self.parallel.reduce_gradients()
         bad = [name for name, b in self.model.named_buffers() if b.dtype.kind == "f" and not np.isfinite(b).all()]
         if bad:
             raise NonFiniteLossError(f"the running statistics {', '.join(bad[:3])}"
@@ -338,7 +362,7 @@ class Trainer:
     def evaluate(self, loader=None) -> dict[str, float]:
         """Mean cross-entropy and accuracy of the model in evaluation mode over ``loader`` (default: validation)."""
         loader = self.val_loader if loader is None else loader
-        loss, acc, _, _ = evaluate_model(self.model, loader)
+        loss, acc, _, _ = evaluate_model(self.model, loader, self.parallel)
         return {"loss": loss, "acc": acc}
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -413,7 +437,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix_str(self._postfix(), refresh=False)
                     bar.update(1)
-                if self._stop_requested:
+                if self.parallel.any(self._stop_requested):     # every process stops after the same step
                     return self._save_interrupted()
             train_time = pos["partial"]["time_s"]
             t_eval = time.perf_counter()
@@ -439,7 +463,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._write_epoch_files(improved)
-        if self._stop_requested:
+        if self.parallel.any(self._stop_requested):
             return self._save_interrupted(saved=True)
         return True
 
@@ -571,8 +595,11 @@ class Trainer:
         return f"epoch {row['epoch']}/{self.epochs}: {self._postfix(row)} ({row['epoch_time_s']:.1f} s)"
 
 
-def evaluate_model(model, loader) -> tuple[float, float, np.ndarray, np.ndarray]:
+def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Evaluate ``model`` in evaluation mode over every batch of ``loader``.
+
+    With ``parallel`` (:mod:`numpymnv2.distributed`) each process evaluates its share of every batch, and every
+    process gets the results of all images.
 
     Returns
     -------
@@ -585,30 +612,40 @@ def evaluate_model(model, loader) -> tuple[float, float, np.ndarray, np.ndarray]
 
     The model's previous mode is restored afterwards.
     """
+    parallel = parallel if parallel is not None else SingleProcess()
     was_training = getattr(model, "training", False)
     model.eval()
-    loss_sum, preds, labels = 0.0, [], []
+    loss_sum, preds, labels, finite = 0.0, [], [], True
     checked = None
     try:
         for x, y in loader.epoch(0):
+            rows = parallel.eval_rows(len(y))
+            preds.append(np.full(len(y), -1, dtype=np.int64))      # -1: another process's image
+            labels.append(np.asarray(y, dtype=np.int64))
+            if rows.stop == rows.start:
+                continue
+            x = x[rows]
             if x.shape != checked:
                 check_batch_fits(model, x.shape, training=False)
                 checked = x.shape
             logits = model(x)
             if not np.isfinite(logits).all():
-                raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "
-                                         "weights (or BatchNorm statistics) are broken")
-            loss, _ = softmax_cross_entropy(logits, y)
-            loss_sum += float(loss) * len(y)
-            preds.append(logits.argmax(axis=1))
-            labels.append(np.asarray(y))
+                finite = False
+                break
+            loss, _ = softmax_cross_entropy(logits, y[rows])
+            loss_sum += float(loss) * len(logits)
+            preds[-1][rows] = logits.argmax(axis=1)
     finally:
         model.train(was_training)
+    loss_sum, broken = parallel.sum([loss_sum, not finite])
+    if broken:
+        raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "
+                                 "weights (or BatchNorm statistics) are broken")
     n = sum(len(p) for p in preds)
     if n == 0:
         raise ValueError("evaluate: the loader yields no images")
-    predictions = np.concatenate(preds).astype(np.int64)
-    labels_all = np.concatenate(labels).astype(np.int64)
+    predictions = parallel.gather_rows(np.concatenate(preds))
+    labels_all = np.concatenate(labels)
     return loss_sum / n, float((predictions == labels_all).mean()), predictions, labels_all
 
 

@@ -272,3 +272,13 @@ def test_label_follows_the_name():
     assert layer.label == "PointwiseConv2d(body.0.0)"
     with pytest.raises(ValueError, match=r"^PointwiseConv2d\(body\.0\.0\): expected input with 3 channels"):
         layer(np.zeros((1, 2, 2, 5), np.float32))
+
+
+def test_load_state_dict_lists_at_most_ten_problems():
+    from numpymnv2.models import MobileNetV2
+    wide, narrow = MobileNetV2(num_classes=3, width_mult=1.0), MobileNetV2(num_classes=3, width_mult=0.5)
+    with pytest.raises(ValueError) as info:
+        narrow.load_state_dict(wide.state_dict())
+    message = str(info.value)
+    assert message.count("\n  - ") == 11 and "... and " in message and "more" in message
+    assert "features.0.0.weight: expected shape (16, 3, 3, 3), got (32, 3, 3, 3)" in message
