@@ -11,7 +11,8 @@ Suites
             MobileNetV2's real layer shapes, with GFLOP/s; the float32 matmul peak of this machine (one and two
             BLAS threads) and each pointwise GEMM against a bare ``np.matmul`` of the same shape.
 ``model``   whole train steps (forward, loss, backward, SGD-momentum step) and inference, images/s, ratio to
-            PyTorch's faster layout.
+            PyTorch's faster layout; inference runs numpymnv2's fastest public path, ``model.fuse()``, and when
+            onnx and onnxruntime are installed also onnxruntime on numpymnv2's ONNX export of the same network.
 ``extra``   JIT cost of the first train step in a fresh process (cold and warm Numba cache), peak memory of a
             train step (both libraries), and the slowdown when another process keeps one core busy.
 ``onnx``    inference in onnxruntime on numpymnv2's ONNX export against onnxruntime on PyTorch's export of the
@@ -51,6 +52,7 @@ MODEL_ROWS = [
     ("train b16 96px w0.5 c10", 16, 96, 0.5, 10, "imagenet", "train"),
     ("train b8 224px w1.0 c1000", 8, 224, 1.0, 1000, "imagenet", "train"),
     ("infer b1 224px w1.0 c1000", 1, 224, 1.0, 1000, "imagenet", "infer"),
+    ("infer b32 32px w1.0 c10", 32, 32, 1.0, 10, "imagenet", "infer"),
 ]
 
 # (kind, N, H, W, C, stride) at the shapes MobileNetV2 meets: batch 32 at 32x32 and batch 8 at 224x224, width 1
@@ -132,8 +134,8 @@ def _np_step_fn(row):
     import numpymnv2 as mn
     model, x, labels = _np_model(row)
     if row[6] == "infer":
-        model.eval()
-        return (lambda: model(x)), {}
+        fused = model.eval().fuse()          # the fastest public inference path (see benchmarks/README.md)
+        return (lambda: fused(x)), {"inference": "model.fuse()"}
     model.train()
     opt_step, opt_name = _np_optimizer(model)
 
@@ -206,7 +208,7 @@ def _matmul_peak(threads, n=1024, reps=20):
 # worker entry point
 # ----------------------------------------------------------------------------------------------------------
 def _worker(side: str, task: str, spec: dict) -> dict:
-    if side in ONNX_SIDES:
+    if side in ONNX_SIDES or side == "ort-model":
         return _onnx_worker(side, task, spec)
     warmup, reps = spec.get("warmup", 3), spec.get("reps", 5)
     result = {"side": side, "times": {}, "meta": {}}
@@ -363,18 +365,24 @@ def _op_flops(name):
 
 def _model_table(res, sides) -> list:
     ms = res["ms"]
+    ort = ms.get("ort-model", {})
     lines = ["| row | numpymnv2 ms | images/s | torch NCHW ms | torch CL ms | ratio to CL | ratio to faster torch | "
-             "min ms: numpymnv2 / NCHW / CL | ratio of mins to faster torch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "min ms: numpymnv2 / NCHW / CL | ratio of mins to faster torch | onnxruntime ms | ratio to onnxruntime |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in MODEL_ROWS:
         name = row[0]
         if name not in ms["numpymnv2"]:
             continue
         ours, nchw, cl, r_cl, r_best = _ratio_cells(ms, name, sides)
         m_ours, m_nchw, m_cl, _, m_best = _ratio_cells(res["min_ms"], name, sides)
+        theirs = ort.get(name)
         lines.append(f"| {name} | {ours:.1f} | {row[1] / ours * 1e3:.1f} | {_fmt(nchw, '.1f')} | {_fmt(cl, '.1f')} | "
                      f"{_fmt(r_cl)} | {_fmt(r_best)} | {m_ours:.1f} / {_fmt(m_nchw, '.1f')} / {_fmt(m_cl, '.1f')} | "
-                     f"{_fmt(m_best)} |")
+                     f"{_fmt(m_best)} | {_fmt(theirs, '.1f')} | {_fmt(ours / theirs if theirs else None)} |")
+    lines.append("\nInference rows: numpymnv2 runs `model.eval().fuse()` (BatchNorm folded, the fast inference path), "
+                 "PyTorch `model.eval()` under `torch.no_grad()`, onnxruntime (CPU provider, "
+                 f"{ORT_THREADS} intra-op threads, all graph optimisations) numpymnv2's ONNX export of the same "
+                 "network (`numpymnv2.interop.to_onnx`).")
     lines.append(f"\nload average at the end of this suite: {', '.join(f'{v:.2f}' for v in res['load_average_end'])}")
     return lines
 
@@ -398,12 +406,25 @@ def _onnx_feed(side, sess, x):
 
 def _onnx_worker(side: str, task: str, spec: dict) -> dict:
     """``onnx-export``: write this side's file of the seed-0 model and compare it with numpymnv2 on one image;
-    ``onnx``: time inference of every row (onnxruntime with ``ORT_THREADS`` threads, or ``model.fuse()``)."""
+    ``onnx``: time inference of every row (onnxruntime with ``ORT_THREADS`` threads, or ``model.fuse()``);
+    ``model`` (side ``ort-model``): the model suite's inference rows in onnxruntime."""
     import onnxruntime
 
     from numpymnv2.interop.onnx import ort_session, to_onnx
     result = {"side": side, "times": {}, "meta": {"onnxruntime": onnxruntime.__version__}}
     rows = [tuple(r) for r in spec["rows"]]
+    if task == "model":
+        # the model suite's inference rows in onnxruntime: each row's network exported, then timed
+        for row in (r for r in rows if r[6] == "infer"):
+            model, x, _ = _np_model(row)
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "model.onnx")
+                to_onnx(model.eval(), path, check=False)
+                sess = ort_session(path, threads=ORT_THREADS)
+            feed = {sess.get_inputs()[0].name: x}
+            result["times"][row[0]] = _time(lambda: sess.run(None, feed), spec.get("warmup", 3), spec.get("reps", 5))
+        result["meta"]["ort_intra_op_threads"] = ORT_THREADS
+        return result
     if task == "onnx-export":
         model = _np_model(rows[0])[0].eval()
         path = spec["paths"][side]
@@ -587,7 +608,9 @@ def run(args) -> int:
                                                  m.get("matmul_peak_gflops_2t")) + [""]
     if args.suite in ("model", "all"):
         rows = MODEL_ROWS[:2] if quick else MODEL_ROWS
-        res = _rounds(sides, "model", {"rows": rows, "reps": args.reps, "warmup": 3}, args.rounds, log)
+        model_sides = sides + (("ort-model",) if _onnxruntime_available() and any(r[6] == "infer" for r in rows)
+                               else ())
+        res = _rounds(model_sides, "model", {"rows": rows, "reps": args.reps, "warmup": 3}, args.rounds, log)
         report["model"] = res
         out += ["## Whole model (float32; train = forward, loss, backward, SGD-momentum step)", ""]
         out += _model_table(res, sides) + [""]
@@ -657,7 +680,7 @@ def _spawn_first_step(row, env) -> dict:
 
 def _main_worker(argv) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", required=True, choices=SIDES + ONNX_SIDES)
+    p.add_argument("--worker", required=True, choices=SIDES + ONNX_SIDES + ("ort-model",))
     p.add_argument("--task", required=True)
     p.add_argument("--spec", required=True)
     a = p.parse_args(argv)

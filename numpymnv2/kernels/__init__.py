@@ -21,4 +21,5 @@ from numpymnv2.kernels.depthwise import depthwise_conv2d_backward, depthwise_con
 from numpymnv2.kernels.fused import batchnorm_act_backward, batchnorm_act_forward  # noqa: E402
 
 __all__ = ["batchnorm_act_backward", "batchnorm_act_forward", "batchnorm_backward", "batchnorm_forward",
-           "conv2d_backward", "conv2d_forward", "depthwise_conv2d_backward", "depthwise_conv2d_forward", "relu6_backward", "relu6_forward"]
+           "conv2d_backward", "conv2d_forward", "depthwise_conv2d_backward", "depthwise_conv2d_forward",
+           "relu6_backward", "relu6_forward"]

@@ -1,14 +1,14 @@
 """BatchNorm + activation (+ residual) in one pass: the fast path of :mod:`numpymnv2.functional.fused`.
 
-Forward reads ``x`` twice (the per-channel sums, then the normalisation) and writes ``y`` and ``x_hat`` once;
-the activation and the residual add happen in the normalisation loop. Backward rebuilds the pre-activation
-``gamma x_hat + beta`` on the fly to mask ``dout``, so the activation's input is never stored.
+Forward reads ``x`` twice (the per-channel sums, then the normalisation) and writes ``y`` once; the activation
+and the residual add happen in the normalisation loop. Backward rebuilds ``x_hat`` from ``x`` and the
+pre-activation ``gamma x_hat + beta`` on the fly to mask ``dout``, so neither is ever stored (the cache's ``bn``
+is a :class:`~numpymnv2.kernels.batchnorm.BatchNormInputCache`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from numpymnv2.functional.batchnorm import BatchNormCache
 from numpymnv2.functional.fused import BNActCache
 from numpymnv2.kernels.activation import ACTIVATION_CODES
 from numpymnv2.kernels.batchnorm import bn_act_backward, bn_act_forward
@@ -41,10 +41,9 @@ def batchnorm_act_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ru
         raise ValueError(f"batchnorm_act: activation must be one of ['relu', 'relu6'] or None, got {activation!r}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batchnorm_act: residual has shape {residual.shape}, expected {x.shape}")
-    y, x_hat, inv_std = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                                       ACTIVATION_CODES[activation], residual, allreduce)
-    return y, BNActCache(BatchNormCache(x_hat, inv_std, gamma, bool(training)), beta, activation,
-                         residual is not None)
+    y, bn_cache = bn_act_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                                 ACTIVATION_CODES[activation], residual, allreduce)
+    return y, BNActCache(bn_cache, beta, activation, residual is not None)
 
 
 def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache, allreduce=None):
@@ -65,8 +64,7 @@ def batchnorm_act_backward(dout: np.ndarray, cache: BNActCache, allreduce=None):
     dresidual : ndarray, shape (N, H, W, C), or None when there was no residual
     """
     bn, beta, activation, has_residual = cache
-    dx, dgamma, dbeta = bn_act_backward(dout, bn.x_hat, bn.inv_std, bn.gamma, beta, bn.training,
-                                        ACTIVATION_CODES[activation], allreduce)
+    dx, dgamma, dbeta = bn_act_backward(dout, bn, beta, ACTIVATION_CODES[activation], allreduce)
     # forward was: out = y + residual
     return dx, dgamma, dbeta, (dout if has_residual else None)
 

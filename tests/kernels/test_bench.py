@@ -1,4 +1,6 @@
 """Smoke test of the benchmark harness on tiny shapes (it asserts no timings)."""
+import pytest
+
 from numpymnv2 import bench
 
 
@@ -29,3 +31,19 @@ def test_without_threadpoolctl_bench_says_what_to_install(monkeypatch, capsys):
     bench.configure_parser(parser)
     assert bench.run(parser.parse_args(["--suite", "ops", "--no-torch"])) == 2
     assert "needs threadpoolctl" in capsys.readouterr().err
+
+
+def test_inference_rows_run_the_fused_model_and_onnxruntime(monkeypatch):
+    row = ("infer tiny", 2, 32, 0.35, 10, "imagenet", "infer")
+    fn, meta = bench._np_step_fn(row)
+    assert meta == {"inference": "model.fuse()"} and fn().shape == (2, 10)
+    if not bench._onnxruntime_available():
+        pytest.skip("onnx and onnxruntime are not installed")
+    train_row = ("train tiny", 2, 32, 0.35, 10, "imagenet", "train")
+    res = bench._worker("ort-model", "model", {"rows": [train_row, row], "reps": 1, "warmup": 1})
+    assert list(res["times"]) == ["infer tiny"] and res["times"]["infer tiny"][0] > 0   # inference rows only
+    monkeypatch.setattr(bench, "MODEL_ROWS", [train_row, row])
+    ms = {"numpymnv2": {"infer tiny": 2.0, "train tiny": 5.0}, "ort-model": {"infer tiny": 1.0}}
+    table = bench._model_table({"ms": ms, "min_ms": ms, "load_average_end": (0.0, 0.0, 0.0)}, ("numpymnv2",))
+    assert any(line.startswith("| infer tiny |") and line.endswith("| 1.0 | 2.00 |") for line in table)
+    assert any(line.startswith("| train tiny |") and line.endswith("| - | - |") for line in table)
