@@ -15,8 +15,9 @@ stays the global batch), and the processes then act as one:
   draw the same numbers.
 
 What differs between process counts is only the order in which floating-point sums are added: a float64 run
-on 2 processes ends with the weights of the 1-process run to about 1e-13 relative after a few hundred images
-(tests/distributed), a float32 run to rounding.
+on 2 processes ends with the weights of the 1-process run to about 2e-12 relative after a few hundred images
+(tests/distributed), a float32 run to rounding; over a long run such differences grow, as training amplifies
+any rounding difference (docs/distributed.md).
 
 One process imports no MPI at all: :func:`connect` looks at the environment ``mpiexec`` (MPICH, Open MPI,
 Intel MPI, SLURM's ``srun``) gives the processes it starts, and imports :mod:`mpi4py` only inside such a job.

@@ -140,6 +140,50 @@ def test_killed_process_ends_the_job_and_the_checkpoint_survives(tmp_path):
     assert load_checkpoint(last).history      # intact, with at least one finished epoch
 
 
+def test_a_hung_process_ends_the_job_after_the_timeout(tmp_path):
+    # a stopped process is not dead, so mpiexec waits; the other one's watchdog must end the job
+    from numpymnv2.train.checkpoint import load_checkpoint
+    args = [sys.executable, "-m", "numpymnv2", "train", *RUN, "--epochs", "50", "--out", str(tmp_path),
+            "--processes", "2"]
+    env = dict(job_env(), NUMPYMNV2_MPI_TIMEOUT="20")
+    job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ranks = dict(line.split()[:2][::-1] for line in _ranks_lines(job, tmp_path))
+        victim = int(next(pid for pid, rank in ranks.items() if rank == "1"))
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "last.npz").exists():
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.2)
+        os.kill(victim, signal.SIGSTOP)
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert "rank 0 (pid" in stderr and "waited 20 s" in stderr and "one of them died or hangs" in stderr, stderr
+    assert load_checkpoint(tmp_path / "last.npz").history
+
+
+def test_ctrl_c_saves_once_and_ends_every_process(tmp_path):
+    from numpymnv2.train.checkpoint import load_checkpoint
+    args = [sys.executable, "-m", "numpymnv2", "train", *RUN, "--epochs", "50", "--out", str(tmp_path),
+            "--processes", "2"]
+    job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env())
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "last.npz").exists():
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.2)
+        job.send_signal(signal.SIGINT)          # what Ctrl-C at the terminal sends the launcher
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stdout + stderr
+    assert stdout.count("Interrupted at epoch") == 1 and "continue with: numpymnv2 train" in stdout, stdout
+    assert load_checkpoint(tmp_path / "last.npz").history         # complete, resumable
+
+
 def _ranks_lines(job, out):
     """Every rank's ``rank pid host``, from the header line ``data-parallel: 2 processes ... (pids a, b ...)``."""
     line = ""
