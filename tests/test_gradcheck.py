@@ -221,6 +221,15 @@ def test_cli_bad_shape(capsys):
     assert "--shape must be N,D for linear" in capsys.readouterr().err
 
 
+def test_cli_failed_check_exits_1_with_the_table_on_stdout_and_one_line_on_stderr(capsys):
+    # a step of 1 is far too large for BatchNorm's curvature: the differences miss the analytic gradient
+    assert main(["gradcheck", "batchnorm", "--max-coords", "2", "--eps", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "worst relative error" in captured.out
+    assert captured.err.startswith("numpymnv2 gradcheck: batchnorm: 2 of 6 coordinates disagree")
+    assert captured.err.count("\n") == 1
+
+
 def test_cli_unknown_target(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["gradcheck", "softmax"])
