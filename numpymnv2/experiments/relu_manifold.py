@@ -454,9 +454,9 @@ def relu_manifold_figure(result: ManifoldResult):
                  f"full size", fontsize=10)
     if p["activation"] != "identity":
         fig.text(0.5, 0.005, "Top row (the paper's reconstruction): pinv(T) ignores that the activation zeroed "
-                 "about half the units, so the spiral comes back at about half scale, and distorted for small d (scale = least-squares "
-                 "factor c of a_hat ≈ c a; → 1/2 as d grows for ReLU). Bottom row: decoding only the units "
-                 "in f's linear regime.", ha="center", va="bottom", fontsize=7, wrap=True)
+                 "about half the units, so the spiral comes back at about half scale, and distorted for small d "
+                 "(scale = least-squares factor c of a_hat ≈ c a; → 1/2 as d grows for ReLU). Bottom row: "
+                 "decoding only the units in f's linear regime.", ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
