@@ -36,9 +36,9 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
+    from numpymnv2._atomic import atomic_write_text
     from numpymnv2.backend import use_backend
     from numpymnv2.data import DataLoader
-    from numpymnv2.train.atomic import atomic_write_text
     from numpymnv2.train.config import TrainConfig, load_evaluation_split, make_transform
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
