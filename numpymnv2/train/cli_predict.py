@@ -14,7 +14,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--invert", action="store_true",
                         help="invert the pixels first: for dark ink on light paper with a model trained on "
                              "light strokes on black (digits, MNIST)")
-    parser.add_argument("--backend", choices=("fast", "reference"), default="fast")
+    parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
+                        help="the Numba kernels or the readable NumPy code (default: fast)")
 
 
 def run(args) -> int:

@@ -73,3 +73,30 @@ def predict_proba(model, images: np.ndarray, preprocess: dict, batch_size: int =
         p = np.exp(z)
         out.append(p / p.sum(axis=1, keepdims=True))
     return np.concatenate(out)
+
+
+def save_model_checkpoint(path, model, preprocess: dict, classes, source: dict | None = None):
+    """Write a checkpoint that holds a model and how to feed it, but no training state; return its path.
+
+    ``numpymnv2 predict``, ``evaluate``, ``summary`` and ``export`` read it as they read a checkpoint of
+    ``numpymnv2 train`` (``numpymnv2 convert`` writes these for torchvision weights); ``train --resume`` cannot
+    continue it.
+
+    Parameters
+    ----------
+    model : MobileNetV2
+    preprocess : dict
+        How an image becomes network input, the record :func:`numpymnv2.train.config.make_preprocess` makes.
+    classes : sequence
+        The class names, one per output.
+    source : dict, optional
+        Where the weights came from (stored as ``config["source"]``).
+    """
+    from numpymnv2.train.checkpoint import save_checkpoint
+    classes = [str(c) for c in classes]
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    config = {"model": {"name": "MobileNetV2", **model.config}, "preprocess": dict(preprocess), "classes": classes}
+    if source is not None:
+        config["source"] = dict(source)
+    return save_checkpoint(path, Checkpoint(model=model.state_dict(), config=config))
