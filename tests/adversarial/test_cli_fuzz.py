@@ -114,7 +114,9 @@ def test_evaluate(inputs, extra, checkpoint):
     check(["evaluate", "--checkpoint", checkpoint, "--limit", "16", "--out", "out", *extra], inputs)
 
 
-PREDICT = {"--checkpoint": FILES, "--top-k": INTS, "--invert": None, "--backend": ["fast", "reference", "x"]}
+PREDICT = {"--checkpoint": FILES, "--top-k": INTS, "--invert": None, "--no-invert": None,
+           "--resize": ["crop", "pad", "squash", "x"], "--json": None, "--csv": None,
+           "--backend": ["fast", "reference", "x"]}
 
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=SLOW_OK)
