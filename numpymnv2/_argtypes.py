@@ -54,6 +54,17 @@ def resolution(text: str) -> int:
     return value
 
 
+def add_arch_argument(parser, default: str | None, default_text: str | None = None) -> None:
+    """``--arch {imagenet,small,cifar}``, the same choices and help text in every verb that builds a network.
+
+    ``default`` is the verb's default (None: decided later, described by ``default_text``).
+    """
+    from numpymnv2.models.mobilenetv2 import ARCHS
+    layouts = "; ".join(f"{name}, {what}" for name, (_, _, what) in ARCHS.items())
+    parser.add_argument("--arch", choices=tuple(ARCHS), default=default,
+                        help=f"stride layout: {layouts} (default: {default_text or default})")
+
+
 def check_distinct_output(output, *sources) -> None:
     """Refuse to write ``output`` when it is one of the ``sources`` a command reads (``convert w.pth w.pth``
     would replace the file it converts). Raises ``ValueError``."""

@@ -310,6 +310,11 @@ def _fmt(v, spec=".2f"):
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
 
+# How every "ratio" column reads, printed under each table
+RATIO_NOTE = ("ratio = numpymnv2's time / the other side's time (the side the column names): below 1 numpymnv2 is "
+              "faster, above 1 it is slower (2.00 = takes twice as long)")
+
+
 def _ratio_cells(ms, name, sides):
     ours = ms["numpymnv2"].get(name)
     nchw = ms.get("torch-nchw", {}).get(name) if "torch-nchw" in sides else None
@@ -331,7 +336,7 @@ def _op_table(res, sides, peak1, peak2) -> list:
         gf = flops / (ours * 1e-3) / 1e9 if flops else None
         lines.append(f"| {name} | {_fmt(ours, '.3f')} | {_fmt(gf, '.1f')} | {_fmt(nchw, '.3f')} | {_fmt(cl, '.3f')} "
                      f"| {_fmt(r_cl)} | {_fmt(r_best)} | {_fmt(m_cl)} |")
-    lines += ["", f"float32 matmul peak (1024^3, measured in this run): {_fmt(peak1, '.1f')} GFLOP/s with 1 BLAS "
+    lines += ["", RATIO_NOTE + "; CL = PyTorch channels_last.", "", f"float32 matmul peak (1024^3, measured in this run): {_fmt(peak1, '.1f')} GFLOP/s with 1 BLAS "
                   f"thread, {_fmt(peak2, '.1f')} GFLOP/s with 2", "",
               "| pointwise (3 GEMMs) | numpymnv2 ms | GFLOP/s | bare np.matmul ms | of bare matmul | of 1-thread peak "
               "| of 2-thread peak |", "|---|---|---|---|---|---|---|"]
@@ -379,6 +384,8 @@ def _model_table(res, sides) -> list:
         lines.append(f"| {name} | {ours:.1f} | {row[1] / ours * 1e3:.1f} | {_fmt(nchw, '.1f')} | {_fmt(cl, '.1f')} | "
                      f"{_fmt(r_cl)} | {_fmt(r_best)} | {m_ours:.1f} / {_fmt(m_nchw, '.1f')} / {_fmt(m_cl, '.1f')} | "
                      f"{_fmt(m_best)} | {_fmt(theirs, '.1f')} | {_fmt(ours / theirs if theirs else None)} |")
+    lines.append("\n" + RATIO_NOTE + "; CL = PyTorch channels_last, onnxruntime = numpymnv2's ONNX export run "
+                 "in onnxruntime.")
     lines.append("\nInference rows: numpymnv2 runs `model.eval().fuse()` (BatchNorm folded, the fast inference path), "
                  "PyTorch `model.eval()` under `torch.no_grad()`, onnxruntime (CPU provider, "
                  f"{ORT_THREADS} intra-op threads, all graph optimisations) numpymnv2's ONNX export of the same "
@@ -550,7 +557,8 @@ def _onnx_suite(args, log) -> tuple[list, dict]:
         lines.append(f"| {name} | {ours:.2f} | {_fmt(theirs)} | {_fmt(ours / theirs if theirs else None)} | "
                      f"{_fmt(pair)} | {fused:.2f} | {_fmt(fused / theirs if theirs else None)} | {m_ours:.2f} / {_fmt(m_theirs)} / "
                      f"{m_fused:.2f} | {_fmt(m_ours / m_theirs if m_theirs else None)} |")
-    lines += ["", "Paired ratio: both files in one process, run alternately (thread spinning off in both), the "
+    lines += ["", RATIO_NOTE + " (here numpymnv2's export in onnxruntime against PyTorch's export in onnxruntime).",
+              "", "Paired ratio: both files in one process, run alternately (thread spinning off in both), the "
               "median over the rounds of each round's median ratio of neighbouring runs.", ""]
     for side, meta in exports.items():
         ops = ", ".join(f"{n} {op}" for op, n in meta["optimized_ops"].items())
@@ -660,7 +668,8 @@ def run(args) -> int:
               f"- numpymnv2 threading: {meta.get('threads')}; allocator: {meta.get('malloc')}",
               f"- optimizer: {report.get('model', {}).get('meta', {}).get('numpymnv2', {}).get('optimizer', '-')}; "
               f"torch sides: {sides[1:] or 'not run'}",
-              f"- rounds {args.rounds}, alternated; each side in its own process; medians", ""]
+              f"- rounds {args.rounds}, alternated; each side in its own process; medians",
+              f"- {RATIO_NOTE}", ""]
     print("\n".join(header + out))
     if args.json:
         with open(args.json, "w") as f:

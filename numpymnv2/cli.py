@@ -56,6 +56,8 @@ def build_parser(argv) -> tuple[argparse.ArgumentParser, object]:
                                      epilog="Exit status: 0 success, 1 the work failed (divergence, disk full, "
                                             "out of memory, ...), 2 bad options or input, 130 interrupted.")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"numpymnv2 {_version()}",
+                        help="print the version of numpymnv2 and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,6 +69,12 @@ def build_parser(argv) -> tuple[argparse.ArgumentParser, object]:
             module = importlib.import_module(mod_name)
             module.configure_parser(p)
     return parser, module
+
+
+def _version() -> str:
+    """``numpymnv2.__version__``, the one place the version is written (setup.cfg reads it from there)."""
+    import numpymnv2
+    return numpymnv2.__version__
 
 
 def main(argv=None) -> int:

@@ -423,9 +423,9 @@ def _targets(backend: str):
 
     def network(args, rng):
         from numpymnv2.models import MobileNetV2
-        build = MobileNetV2.cifar if args.preset == "cifar" else MobileNetV2
-        m = build(num_classes=args.out_channels, width_mult=args.width, dropout=0.0, seed=args.seed,
-                  dtype="float64")
+        from numpymnv2.models.mobilenetv2 import arch_kwargs
+        m = MobileNetV2(num_classes=args.out_channels, width_mult=args.width, dropout=0.0, seed=args.seed,
+                        dtype="float64", **arch_kwargs(args.arch))
         _randomize_bn(m, rng)
         x = rng.uniform(-1, 1, (args.shape[0], args.resolution, args.resolution, 3))
         return (m.eval() if args.eval else m.train()), x, {}
@@ -471,8 +471,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=T.fraction, default=0.0, help="cross-entropy: label smoothing")
     p.add_argument("--width", type=T.positive_float, default=0.35, help="mobilenetv2: width multiplier")
     p.add_argument("--resolution", type=T.resolution, default=32, help="mobilenetv2: input height and width")
-    p.add_argument("--preset", choices=["cifar", "imagenet"], default="cifar",
-                   help="mobilenetv2: strides (cifar: stem and second row at stride 1, for 32x32 inputs)")
+    T.add_arch_argument(p, "small", "small, as numpymnv2 train; mobilenetv2 only")
+    from numpymnv2.models.summary import _DeprecatedPreset
+    p.add_argument("--preset", choices=("imagenet", "cifar"), action=_DeprecatedPreset, help=argparse.SUPPRESS)
     p.add_argument("--params", type=T.positive_int, default=None,
                    help="check this many randomly chosen parameter arrays (default: all; 8 for mobilenetv2)")
     p.add_argument("--max-coords", type=T.nonnegative_int, default=None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from numpymnv2.data.dataset import Dataset, check_split
-from numpymnv2.data.images import MAX_IMAGE_PIXELS, open_image
+from numpymnv2.data.images import MAX_IMAGE_PIXELS, open_image, resize_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "test", "val")
@@ -69,8 +69,9 @@ def load_image_folder(root, split: str = "train", size=None,
     root : str or Path
     split : {"train", "test", "val"}
     size : int or (H, W), optional
-        Resize every image to this size with Pillow's bilinear filter (which averages over the source
-        footprint when shrinking). Without it every image must already have the size of the first one.
+        Resize (stretch) every image to this size with :func:`numpymnv2.data.images.resize_image`: area
+        averaging when shrinking, bilinear when enlarging. Without it every image must already have the size of
+        the first one.
     extensions : tuple of str
         File endings to read, compared case-insensitively; other files are skipped.
     max_pixels : int or None
@@ -84,8 +85,6 @@ def load_image_folder(root, split: str = "train", size=None,
         An image cannot be decoded or is too large, images differ in size without ``size``, a class folder of
         the split that defines the classes holds no image file, or a test class is not a train class.
     """
-    from PIL import Image
-
     check_split(split, "load_dataset('folder')", allowed=SPLIT_FOLDERS)
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -117,8 +116,8 @@ def load_image_folder(root, split: str = "train", size=None,
     for label, files in listing:
         for path in files:
             im = open_image(path, "RGB", max_pixels=max_pixels)
-            if target is not None and im.size != (target[1], target[0]):
-                im = im.resize((target[1], target[0]), Image.BILINEAR)
+            if target is not None:
+                im = resize_image(im, (target[1], target[0]))      # area averaging when shrinking
             x = np.asarray(im, dtype=np.uint8)
             if first is None:
                 first = (path, x.shape)

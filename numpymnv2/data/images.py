@@ -1,4 +1,5 @@
-"""Read one image file safely: :func:`open_image` (a Pillow image) and :func:`read_image` (a uint8 array).
+"""Read one image file safely: :func:`open_image` (a Pillow image) and :func:`read_image` (a uint8 array); bring
+it to a size with :func:`resize_image` (area averaging when shrinking) and :func:`fit_aspect` (crop or pad).
 
 Every place that reads an image file (the image-folder dataset, ``numpymnv2 predict``) goes through here, so
 every Pillow mode becomes the same RGB (or grayscale) pixels everywhere, and a hostile or damaged file ends in
@@ -123,6 +124,67 @@ def read_image(path, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXEL
     im = open_image(path, mode, max_pixels, background)
     x = np.asarray(im, dtype=np.uint8)
     return x[..., None] if x.ndim == 2 else x
+
+
+# How fit_aspect makes an image's shape match the shape it will be resized to (``numpymnv2 predict --resize``)
+RESIZE_MODES = ("crop", "pad", "squash")
+
+
+def resize_image(im, size):
+    """``im`` (a Pillow image) resized to ``size = (width, height)``: area averaging when it shrinks, bilinear
+    when it grows.
+
+    Shrinking with Pillow's ``BOX`` filter makes each output pixel the mean of the source pixels it covers, the
+    way the digits were made from their scans: the digits' 8x8 pixels count the ink in 4x4 blocks of
+    a 32x32 bitmap. The bilinear filter weights a wider neighbourhood (a tent twice the block's width), which
+    blurs the strokes of an enlarged digit into its neighbours. A digit enlarged by pixel repetition comes back
+    exactly; on the digits' test split saved as 128x128 PNGs (enlarged with nearest, bilinear, bicubic), one
+    default-recipe checkpoint scored 92.0% on the 8x8 originals and 86.3 / 81.0 / 85.7% after bilinear
+    shrinking, 92.0 / 86.0 / 90.0% after area averaging. Enlarging keeps the bilinear filter (BOX would give
+    blocks).
+    """
+    from PIL import Image
+
+    W, H = size
+    if im.size == (W, H):
+        return im
+    shrinks = W <= im.size[0] and H <= im.size[1]
+    return im.resize((W, H), Image.BOX if shrinks else Image.BILINEAR)
+
+
+def fit_aspect(im, size, mode: str = "crop"):
+    """``(image, note)``: ``im`` cut or padded to the aspect ratio of ``size = (width, height)``, before
+    :func:`resize_image` brings it to that size.
+
+    ``crop`` keeps the centre (as torchvision's evaluation transform, resize then centre crop); ``pad`` adds
+    borders of the image's own background colour (the median of its outermost pixels), so nothing is cut
+    off;
+    ``squash`` leaves it, to be stretched. ``note`` says what was done, or is None when the aspect already
+    matched (or for ``squash``).
+    """
+    from PIL import Image
+
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    w, h = im.size
+    W, H = size
+    # the target aspect W/H, at the image's own scale: keep w and cut h, or keep h and cut w
+    if w * H == h * W:
+        return im, None
+    if mode == "squash":
+        return im, f"{w}x{h}, stretched to the aspect ratio of {W}x{H} (--resize squash)"
+    wide = w * H > h * W
+    if mode == "crop":
+        cw, ch = (round(h * W / H), h) if wide else (w, round(w * H / W))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return im.crop((left, top, left + cw, top + ch)), f"{w}x{h}, centre {cw}x{ch} kept (--resize crop)"
+    pw, ph = (w, round(w * H / W)) if wide else (round(h * W / H), h)
+    x = np.asarray(im)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]).reshape(-1, 1 if x.ndim == 2 else x.shape[2])
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    canvas = Image.new(im.mode, (pw, ph), fill[0] if im.mode == "L" else fill)
+    canvas.paste(im, ((pw - w) // 2, (ph - h) // 2))
+    return canvas, f"{w}x{h}, padded to {pw}x{ph} with its background colour (--resize pad)"
 
 
 def _formats() -> list[str]:

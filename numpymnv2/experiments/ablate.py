@@ -440,15 +440,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=d.dataset, help=f"as numpymnv2 train (default: {d.dataset}, built in)")
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="as numpymnv2 train")
     parser.add_argument("--width", type=float, default=d.width, help=f"width multiplier (default: {d.width})")
-    parser.add_argument("--arch", choices=("imagenet", "cifar"), default=d.arch,
-                        help=f"strides, as numpymnv2 train (default: {d.arch})")
-    parser.add_argument("--resolution", type=int, default=d.resolution, help=f"(default: {d.resolution})")
+    from numpymnv2._argtypes import add_arch_argument
+    add_arch_argument(parser, d.arch, f"{d.arch}, the fastest to train; the published ablation figures use it")
+    parser.add_argument("--resolution", type=int, default=d.resolution,
+                        help=f"images are resized to this many pixels square, as numpymnv2 train "
+                             f"(default: {d.resolution})")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"per run (default: {d.epochs})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help=f"images per optimizer step (default: {d.batch_size})")
     parser.add_argument("--optimizer", default=d.optimizer,
                         help=f"as numpymnv2 train: sgd, nesterov, rmsprop, adam, adamw (default: {d.optimizer})")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                        help=f"L2 decay of the weights, as numpymnv2 train (default: {d.weight_decay})")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="at most N training and N validation images, for a quick trial")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="F",
@@ -459,7 +463,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"relative norm below which a depthwise kernel counts as near zero (default: "
                              f"{d.threshold})")
     parser.add_argument("--backend", choices=("fast", "reference"), default=d.backend,
-                        help=f"(default: {d.backend})")
+                        help=f"the Numba kernels or the readable NumPy code (default: {d.backend})")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs trained at once, each in its own single-threaded process (default: "
                              "min(2, cores))")

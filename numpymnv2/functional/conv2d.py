@@ -100,15 +100,30 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int =
         dL/dcols = dout @ w                           (each patch's gradient)
         dL/dx    = col2im(dL/dcols)                   (patches overlap when s < K: their gradients add)
     """
+    cols = im2col(x, check_conv2d_weight(x, w), stride, padding)
+    return conv2d_from_patches(cols, w, x.shape, stride, padding)
+
+
+def check_conv2d_weight(x: np.ndarray, w: np.ndarray) -> int:
+    """The kernel size ``K`` of a square ``w (C_out, K, K, C_in)`` whose ``C_in`` is ``x``'s channel count."""
     C_out, K, K2, C_in = w.shape
     if K != K2:
         raise ValueError(f"conv2d: expected a square kernel, got weight shape {w.shape}")
     if x.shape[-1] != C_in:
         raise ValueError(f"conv2d: weight expects {C_in} input channels, got input shape {x.shape}")
-    cols = im2col(x, K, stride, padding)
+    return K
+
+
+def conv2d_from_patches(cols: np.ndarray, w: np.ndarray, x_shape: tuple, stride: int, padding: int):
+    """The product of :func:`conv2d_forward` once the patches are gathered: ``out = cols @ w2d.T``.
+
+    (The fast backend gathers the patches with its own ``im2col`` and shares this product and
+    :func:`conv2d_backward_to_patches`.)
+    """
     N, H_out, W_out = cols.shape[:3]
-    out = cols.reshape(-1, K * K * C_in) @ w.reshape(C_out, -1).T
-    return out.reshape(N, H_out, W_out, C_out), Conv2dCache(cols, w, x.shape, stride, padding)
+    C_out = w.shape[0]
+    out = cols.reshape(N * H_out * W_out, -1) @ w.reshape(C_out, -1).T
+    return out.reshape(N, H_out, W_out, C_out), Conv2dCache(cols, w, x_shape, stride, padding)
 
 
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
@@ -124,6 +139,14 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
     dx : ndarray, shape (N, H, W, C_in)
     dw : ndarray, shape (C_out, K, K, C_in)
     """
+    dcols, dw = conv2d_backward_to_patches(dout, cache)
+    # forward was: cols = im2col(x)
+    dx = col2im(dcols, cache.x_shape, cache.stride, cache.padding)
+    return dx, dw
+
+
+def conv2d_backward_to_patches(dout: np.ndarray, cache: Conv2dCache):
+    """The backward of :func:`conv2d_from_patches`: ``dL/dcols = dout @ w2d`` and ``dL/dw = dout^T @ cols``."""
     cols, w = cache.cols, cache.w
     C_out = w.shape[0]
     dout2d = dout.reshape(-1, C_out)
@@ -131,6 +154,4 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
     # forward was: out = cols2d @ w2d.T
     dw = (dout2d.T @ cols2d).reshape(w.shape)
     dcols = (dout2d @ w.reshape(C_out, -1)).reshape(cols.shape)
-    # forward was: cols = im2col(x)
-    dx = col2im(dcols, cache.x_shape, cache.stride, cache.padding)
-    return dx, dw
+    return dcols, dw

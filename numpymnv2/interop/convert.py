@@ -69,7 +69,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="width multiplier the weights were trained with")
     p.add_argument("--num-classes", type=T.positive_int, default=None,
                    help="classifier outputs (default: read from the file)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="of the weights written (default: float32, as torchvision's)")
 
 
 def run(args) -> int:

@@ -13,10 +13,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-ARCHS = ("imagenet", "small", "cifar")
+from numpymnv2.models.mobilenetv2 import arch_of
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    from numpymnv2._argtypes import add_arch_argument
     from numpymnv2.interop.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MAX_OPSET, MIN_OPSET
 
     p.add_argument("source", metavar="CHECKPOINT_OR_WEIGHTS",
@@ -35,9 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
                    help=f"largest relative difference the check accepts (default {DEFAULT_TOLERANCE:g})")
     arch = p.add_argument_group("architecture of a weights file that does not record it")
-    arch.add_argument("--arch", choices=ARCHS, default=None,
-                      help="stride layout: imagenet (the paper's), small (stem at stride 1), cifar (stem and the "
-                           "24-channel stage at stride 1); default imagenet")
+    add_arch_argument(arch, None, "imagenet, as torchvision's weights")
     arch.add_argument("--width", type=float, default=None, metavar="W", help="width multiplier (default 1.0)")
     arch.add_argument("--num-classes", type=int, default=None, metavar="K",
                       help="classifier outputs (default: read from the weights)")
@@ -115,16 +114,6 @@ def arch_spec(arch: str, width: float, num_classes: int) -> dict:
 
     spec = model_spec(TrainConfig(arch=arch, width=width), num_classes)
     return {k: v for k, v in spec.items() if k not in ("name", "seed")}
-
-
-def arch_of(config: dict) -> str | None:
-    """The ``--arch`` name whose strides ``config`` has, or None for a custom table."""
-    for arch in ARCHS:
-        spec = arch_spec(arch, 1.0, 1)
-        if (config.get("stem_stride") == spec["stem_stride"]
-                and [list(r) for r in config.get("inverted_residual_setting", [])] == spec["inverted_residual_setting"]):
-            return arch
-    return None
 
 
 def _agree(config: dict, arch, width, num_classes, source) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numpymnv2._atomic import atomic_write
 from numpymnv2.interop.torchvision import ours_to_torch
 
 DEFAULT_OPSET = 17
@@ -465,7 +466,6 @@ def to_onnx(model, path, *, opset: int = DEFAULT_OPSET, preprocess: dict | None 
     report = None
     if check:
         report = check_onnx(data, model, preprocess=preprocess, softmax=softmax, tolerance=tolerance)
-    from numpymnv2.train.atomic import atomic_write
     try:
         atomic_write(path, lambda f: f.write(data))
     except OSError as exc:

@@ -14,7 +14,8 @@ import numpy as np
 from numba import njit
 
 from numpymnv2._checks import conv_output_size
-from numpymnv2.functional.conv2d import Conv2dCache
+from numpymnv2.functional.conv2d import (Conv2dCache, check_conv2d_weight, conv2d_backward_to_patches,
+                                         conv2d_from_patches)
 from numpymnv2.kernels._launch import parallel_rows
 
 
@@ -142,15 +143,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int =
     out : ndarray, shape (N, H_out, W_out, C_out)
     cache : Conv2dCache
     """
-    C_out, K, K2, C_in = w.shape
-    if K != K2:
-        raise ValueError(f"conv2d: expected a square kernel, got weight shape {w.shape}")
-    if x.shape[-1] != C_in:
-        raise ValueError(f"conv2d: weight expects {C_in} input channels, got input shape {x.shape}")
-    cols = im2col(x, K, stride, padding)
-    N, H_out, W_out = cols.shape[:3]
-    out = cols.reshape(-1, K * K * C_in) @ w.reshape(C_out, -1).T
-    return out.reshape(N, H_out, W_out, C_out), Conv2dCache(cols, w, x.shape, stride, padding)
+    cols = im2col(x, check_conv2d_weight(x, w), stride, padding)
+    return conv2d_from_patches(cols, w, x.shape, stride, padding)
 
 
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
@@ -166,16 +160,5 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
     dx : ndarray, shape (N, H, W, C_in)
     dw : ndarray, shape (C_out, K, K, C_in)
     """
-    cols, w = cache.cols, cache.w
-    C_out = w.shape[0]
-    dout2d = dout.reshape(-1, C_out)
-    cols2d = cols.reshape(dout2d.shape[0], -1)
-    # forward was: out = cols2d @ w2d.T
-    dw = (dout2d.T @ cols2d).reshape(w.shape)
-    dcols = (dout2d @ w.reshape(C_out, -1)).reshape(cols.shape)
-    # forward was: cols = im2col(x)
-    dx = col2im(dcols, cache.x_shape, cache.stride, cache.padding)
-    return dx, dw
-
-
-__all__ = ["col2im", "conv2d_backward", "conv2d_forward", "im2col"]
+    dcols, dw = conv2d_backward_to_patches(dout, cache)
+    return col2im(dcols, cache.x_shape, cache.stride, cache.padding), dw

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from numpymnv2._atomic import atomic_write
 from numpymnv2._checks import npz_signature_problem
 from numpymnv2._untrusted import UntrustedFileError, byte_budget, check_state_values, load_npz
 from numpymnv2.models.footprint import check_model_fits, mobilenetv2_footprint
@@ -39,8 +40,6 @@ def save_weights(model, path) -> str:
     ValueError
         A parameter or buffer holds NaN or infinity (nothing is written).
     """
-    from numpymnv2.train.atomic import atomic_write
-
     path = os.fspath(path)
     arrays = dict(model.state_dict())
     if CONFIG_KEY in arrays:

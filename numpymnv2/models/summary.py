@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 import numpy as np
 
@@ -155,21 +156,45 @@ def summary(model: Module, resolution=224, leaves: bool = False) -> Summary:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     from numpymnv2 import _argtypes as T
-    p.add_argument("--width", type=T.positive_float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=T.resolution, default=224, help="input height and width (default 224)")
-    p.add_argument("--num-classes", type=T.positive_int, default=1000, help="classifier outputs (default 1000)")
-    p.add_argument("--preset", choices=["imagenet", "cifar"], default="imagenet",
-                   help="cifar: stem stride 1 and the second row at stride 1, for 32x32 images")
+    p.description = ("Per-layer table of MobileNetV2: output shapes, parameters and multiply-adds per image. "
+                     "Without --checkpoint, of a freshly built network (by default the paper's: width 1.0, 1000 "
+                     "classes, 224x224); with it, of the trained model the file holds.")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="the model of a checkpoint or run folder (numpymnv2 train, numpymnv2 convert) or of a "
+                        "weights file; its architecture and resolution are read from the file")
+    p.add_argument("--width", type=T.positive_float, default=None, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=T.resolution, default=None,
+                   help="input height and width (default: the checkpoint's, else 224)")
+    p.add_argument("--num-classes", type=T.positive_int, default=None, help="classifier outputs (default 1000)")
+    T.add_arch_argument(p, None, "imagenet, the paper's network; with --checkpoint, the file's")
+    p.add_argument("--preset", choices=("imagenet", "cifar"), action=_DeprecatedPreset, help=argparse.SUPPRESS)
     p.add_argument("--leaves", action="store_true", help="one row per layer instead of per block")
 
 
-def run(args) -> int:
-    from numpymnv2.models.mobilenetv2 import MobileNetV2
+class _DeprecatedPreset(argparse.Action):
+    """``--preset`` of numpymnv2 0.1, now ``--arch`` (the same word in every verb); still accepted, with a note."""
 
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"numpymnv2: note: {option_string} is deprecated, use --arch {values}", file=sys.stderr)
+        namespace.arch = values
+
+
+def run(args) -> int:
     from numpymnv2.models.footprint import check_model_fits
-    check_model_fits(dict(num_classes=args.num_classes, width_mult=args.width))
-    build = MobileNetV2.cifar if args.preset == "cifar" else MobileNetV2
-    model = build(num_classes=args.num_classes, width_mult=args.width, dropout=0.0)
-    print(f"MobileNetV2 width_mult={args.width} num_classes={args.num_classes} preset={args.preset}")
-    print(summary(model, resolution=args.resolution, leaves=args.leaves))
+    from numpymnv2.models.mobilenetv2 import MobileNetV2, arch_kwargs, arch_of
+
+    if args.checkpoint is not None:
+        from numpymnv2.interop.export import describe, load_source
+        model, preprocess, _, kind = load_source(args.checkpoint, args.arch, args.width, args.num_classes)
+        resolution = args.resolution or (preprocess or {}).get("resolution", 224)
+        print(f"{kind} {args.checkpoint}: {describe(model)}")
+    else:
+        width = 1.0 if args.width is None else args.width
+        num_classes = 1000 if args.num_classes is None else args.num_classes
+        arch = args.arch or "imagenet"
+        check_model_fits(dict(num_classes=num_classes, width_mult=width))
+        model = MobileNetV2(num_classes=num_classes, width_mult=width, dropout=0.0, **arch_kwargs(arch))
+        resolution = args.resolution or 224
+        print(f"MobileNetV2 width_mult={width:g} num_classes={num_classes} arch={arch_of(model.config)}")
+    print(summary(model, resolution=resolution, leaves=args.leaves))
     return 0

@@ -8,7 +8,7 @@
 :class:`TrainConfig` with :func:`numpymnv2.train.cli.build_trainer` builds the whole run (data, preprocessing,
 MobileNetV2, optimizer, schedule) the way ``numpymnv2 train`` does.
 """
-from numpymnv2.train.atomic import atomic_write, atomic_write_text
+from numpymnv2._atomic import atomic_write, atomic_write_text
 from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, load_checkpoint, load_model_state,
                                         save_checkpoint)
 from numpymnv2.train.config import TrainConfig

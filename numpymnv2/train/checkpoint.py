@@ -16,7 +16,7 @@ Layout of the file (every entry an array; ``np.load(path, allow_pickle=False)`` 
                          row indices into the dataset's splits; see :func:`numpymnv2.train.config.load_run_data`)
 
 Generator states are JSON because PCG64's 128-bit integers do not fit any NumPy integer dtype, and JSON keeps
-them exact. Files are written with :func:`numpymnv2.train.atomic.atomic_write`, so a crash while saving
+them exact. Files are written with :func:`numpymnv2._atomic.atomic_write`, so a crash while saving
 leaves the previous checkpoint as it was.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from numpymnv2._checks import npz_signature_problem
 from numpymnv2._untrusted import (UntrustedFileError, byte_budget, check_state_values, load_npz,
                                   nonfinite_names, npz_names)
 from numpymnv2.models.footprint import mobilenetv2_footprint
-from numpymnv2.train.atomic import atomic_write
+from numpymnv2._atomic import atomic_write
 
 FORMAT = "numpymnv2-checkpoint"
 FORMAT_VERSION = 1

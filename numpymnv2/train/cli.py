@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numpymnv2.train.config import (ARCHS, OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
+from numpymnv2.train.config import (OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
                                     build_schedule, default_out_dir, load_run_data, load_test_data,
                                     make_loaders, make_preprocess, model_spec, run_record, split_record)
 
@@ -28,6 +28,7 @@ EXIT_INTERRUPTED = 130
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from numpymnv2._argtypes import add_arch_argument
     from numpymnv2.data.dataset import DATASET_NAMES
     d = TrainConfig()
     parser.description = (
@@ -54,21 +55,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=float, default=None, metavar="W",
                        help=f"width multiplier (default: {d.width})")
-    model.add_argument("--arch", choices=ARCHS, default=None,
-                       help="stride layout: imagenet, the paper's (32x downsampling: a 32x32 image ends at 1x1); "
-                            "small, the stem at stride 1 (16x, ends at 2x2); cifar, the stem and the 24-channel "
-                            f"stage at stride 1 (8x, ends at 4x4; slowest) (default: {d.arch})")
+    add_arch_argument(model, None, d.arch)
     model.add_argument("--dropout", type=float, default=None, help=f"before the classifier (default: {d.dropout})")
-    model.add_argument("--dtype", choices=("float32", "float64"), default=None, help=f"(default: {d.dtype})")
+    model.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                       help=f"of the weights and the computation; float64 is slower, for checks (default: {d.dtype})")
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=None,
                      help=f"total epochs of the run, also when resuming (default: {d.epochs})")
-    opt.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
+    opt.add_argument("--batch-size", type=int, default=None,
+                     help=f"images per optimizer step, at least 2 (BatchNorm) (default: {d.batch_size})")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                      help=f"sgd and nesterov use --momentum; rmsprop is the paper's (decay 0.9, momentum "
                           f"--momentum, TensorFlow epsilon) (default: {d.optimizer})")
     opt.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {d.lr})")
-    opt.add_argument("--momentum", type=float, default=None, help=f"(default: {d.momentum})")
+    opt.add_argument("--momentum", type=float, default=None,
+                     help=f"of sgd, nesterov and rmsprop, in [0, 1) (default: {d.momentum})")
     opt.add_argument("--weight-decay", type=float, default=None,
                      help=f"L2 decay of the weights; BatchNorm parameters and biases are not decayed "
                           f"(default: {d.weight_decay})")
@@ -76,7 +77,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help=f"learning-rate schedule over the run, per iteration (default: {d.schedule})")
     opt.add_argument("--warmup-epochs", type=int, default=None,
                      help=f"linear warm-up from 0.1 x lr (default: {d.warmup_epochs})")
-    opt.add_argument("--label-smoothing", type=float, default=None, help=f"(default: {d.label_smoothing})")
+    opt.add_argument("--label-smoothing", type=float, default=None,
+                     help=f"weight moved from the true class to all classes evenly, in [0, 1) "
+                          f"(default: {d.label_smoothing})")
     opt.add_argument("--patience", type=int, default=None, metavar="N",
                      help="early stopping: end the run when the validation accuracy has not improved for N "
                           "epochs (best.npz keeps the best model; default: train all --epochs)")

@@ -30,7 +30,8 @@ def configure_parser(parser) -> None:
                         help="where the dataset's files are, if not where training found them")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate a random subset of at most N images")
-    parser.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per forward pass; only speed and memory depend on it (default: 256)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where to write the confusion matrix PNG and JSON (default: the checkpoint's folder)")
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
@@ -38,9 +39,9 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
+    from numpymnv2._atomic import atomic_write_text
     from numpymnv2.backend import use_backend
     from numpymnv2.data import DataLoader
-    from numpymnv2.train.atomic import atomic_write_text
     from numpymnv2.train.config import TrainConfig, load_evaluation_split, make_transform
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,

@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+# ARCHS: the stride layouts (model_spec), one table for every verb that builds a network
+from numpymnv2.models.mobilenetv2 import ARCHS, arch_kwargs
+
 OPTIMIZERS = ("sgd", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "exponential", "constant")
-# Stride layouts of MobileNetV2 (model_spec): "imagenet" the paper's (32x downsampling), "small" the stem at
-# stride 1 (16x), "cifar" the stem and the 24-channel stage at stride 1 (8x).
-ARCHS = ("imagenet", "small", "cifar")
 
 
 @dataclass
@@ -329,11 +329,10 @@ def make_loaders(cfg: TrainConfig, preprocess: dict, train, val):
 # -- model, optimizer, schedule -----------------------------------------------------------------------------
 def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     """The architecture record: the MobileNetV2 constructor arguments (and the seed of the initial weights)."""
-    from numpymnv2.models.mobilenetv2 import CIFAR_SETTING, DEFAULT_SETTING
-    setting = CIFAR_SETTING if cfg.arch == "cifar" else DEFAULT_SETTING
+    layout = arch_kwargs(cfg.arch)
     return {"name": "MobileNetV2", "num_classes": int(num_classes), "width_mult": float(cfg.width),
-            "dropout": float(cfg.dropout), "stem_stride": 2 if cfg.arch == "imagenet" else 1,
-            "inverted_residual_setting": [list(row) for row in setting], "dtype": cfg.dtype, "seed": cfg.seed}
+            "dropout": float(cfg.dropout), "stem_stride": layout["stem_stride"],
+            "inverted_residual_setting": layout["inverted_residual_setting"], "dtype": cfg.dtype, "seed": cfg.seed}
 
 
 def build_model(spec: dict):

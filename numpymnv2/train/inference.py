@@ -1,11 +1,16 @@
 """Use a trained checkpoint: rebuild its model, read image files as its training data was, predict classes.
 
 The checkpoint's ``config["preprocess"]`` says how the training images became network input, and an image file
-goes through the same steps: converted to the dataset's channels (grayscale or RGB), brought to the dataset's
-stored image size with Pillow's bilinear filter (which averages over the source pixels when shrinking, as the
-image-folder reader does), then the evaluation transform of training (resize to the model resolution,
+goes through the same steps (:func:`load_image`): converted to the dataset's channels (grayscale or RGB), cut or
+padded to the training images' aspect ratio (``resize``, :func:`numpymnv2.data.images.fit_aspect`), brought to
+the dataset's stored image size by area averaging when shrinking (:func:`numpymnv2.data.images.resize_image`,
+as the image-folder reader does), then the evaluation transform of training (resize to the model resolution,
 grayscale to RGB, per-channel normalisation) from :func:`numpymnv2.train.config.make_transform`. An image of the
 dataset's own size and mode therefore reaches the network exactly as a test image did.
+
+:func:`polarity_mismatch` compares an image's brightness with the training images' (the checkpoint's stored
+mean): light digits on black were learnt, and a photo of dark ink on white paper would be read as something
+else entirely.
 """
 from __future__ import annotations
 
@@ -29,35 +34,75 @@ def load_trained_model(path) -> tuple[object, Checkpoint]:
     return model.eval(), ckpt
 
 
-def read_images(paths, preprocess: dict, invert: bool = False) -> np.ndarray:
-    """Read image files into a uint8 batch shaped like the training images, (N, H, W, C).
+# A training set counts as light-on-dark (or dark-on-light) when its mean brightness, in [0, 1], is below
+# (above) this; natural photos (ImageNet 0.45, CIFAR-10 0.47) are neither and are never inverted.
+DARK_TRAINING_MEAN, LIGHT_TRAINING_MEAN = 0.4, 0.6
+
+
+def training_brightness(preprocess: dict) -> float:
+    """The mean brightness, in [0, 1], of the images a checkpoint was trained on (its stored channel means)."""
+    return float(np.mean(preprocess["mean"]))
+
+
+def polarity_mismatch(image: np.ndarray, preprocess: dict) -> str | None:
+    """Why ``image`` (uint8, (H, W, C)) looks inverted with respect to the training images, or None.
+
+    The training images must be clearly dark (mean brightness below :data:`DARK_TRAINING_MEAN`: light strokes
+    on black, as the digits, 0.31, and MNIST, 0.13) or clearly light; the image then mismatches when its own
+    mean brightness is on the other side of the middle grey: a photo of dark ink on white paper under a model of
+    light-on-dark digits.
+    """
+    trained = training_brightness(preprocess)
+    seen = float(image.mean()) / 255
+    if trained < DARK_TRAINING_MEAN and seen > 0.5:
+        return (f"dark on light (mean brightness {seen:.2f}), but the model was trained on light on dark "
+                f"({trained:.2f})")
+    if trained > LIGHT_TRAINING_MEAN and seen < 0.5:
+        return (f"light on dark (mean brightness {seen:.2f}), but the model was trained on dark on light "
+                f"({trained:.2f})")
+    return None
+
+
+def load_image(path, preprocess: dict, resize: str = "crop") -> tuple[np.ndarray, list[str]]:
+    """``(x, notes)``: one image file as a uint8 array shaped like a training image, (H, W, C), and what was
+    done to its shape (empty when nothing needed saying).
 
     Parameters
     ----------
-    paths : sequence of str or Path
+    path : str or Path
     preprocess : dict
         A checkpoint's ``config["preprocess"]`` (``image_size``, ``channels``, ...).
-    invert : bool
-        Replace every pixel ``v`` by ``255 - v``: for dark ink on light paper when the model learnt light
-        strokes on a dark background (the digits, MNIST).
-    """
-    from PIL import Image
+    resize : {"crop", "pad", "squash"}
+        How an image of another aspect ratio is fitted (:func:`numpymnv2.data.images.fit_aspect`).
 
-    from numpymnv2.data.images import open_image
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError, ValueError
+        As :func:`numpymnv2.data.images.open_image`.
+    """
+    from numpymnv2.data.images import fit_aspect, open_image, resize_image
     H, W = preprocess["image_size"]
     mode = "L" if preprocess["channels"] == 1 else "RGB"
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image {p} does not exist")
+    im = open_image(p, mode)        # every Pillow mode converted alike (16-bit scaled, alpha composited, ...)
+    im, note = fit_aspect(im, (W, H), resize)
+    x = np.asarray(resize_image(im, (W, H)), dtype=np.uint8)
+    return (x[..., None] if x.ndim == 2 else x), [note] if note else []
+
+
+def read_images(paths, preprocess: dict, invert=False, resize: str = "crop") -> np.ndarray:
+    """Read image files into a uint8 batch shaped like the training images, (N, H, W, C) (see :func:`load_image`).
+
+    ``invert``: True replaces every pixel ``v`` by ``255 - v`` (for dark ink on light paper when the model learnt
+    light strokes on a dark background); ``"auto"`` does so for the images :func:`polarity_mismatch` flags.
+    """
     batch = []
     for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"image {p} does not exist")
-        im = open_image(p, mode)        # every Pillow mode converted alike (16-bit scaled, alpha composited, ...)
-        if im.size != (W, H):
-            im = im.resize((W, H), Image.BILINEAR)
-        x = np.asarray(im, dtype=np.uint8)
-        if x.ndim == 2:
-            x = x[..., None]
-        batch.append(255 - x if invert else x)
+        x, _ = load_image(path, preprocess, resize)
+        flip = polarity_mismatch(x, preprocess) is not None if invert == "auto" else bool(invert)
+        batch.append(255 - x if flip else x)
     return np.stack(batch)
 
 
@@ -73,3 +118,30 @@ def predict_proba(model, images: np.ndarray, preprocess: dict, batch_size: int =
         p = np.exp(z)
         out.append(p / p.sum(axis=1, keepdims=True))
     return np.concatenate(out)
+
+
+def save_model_checkpoint(path, model, preprocess: dict, classes, source: dict | None = None):
+    """Write a checkpoint that holds a model and how to feed it, but no training state; return its path.
+
+    ``numpymnv2 predict``, ``evaluate``, ``summary`` and ``export`` read it as they read a checkpoint of
+    ``numpymnv2 train`` (``numpymnv2 convert`` writes these for torchvision weights); ``train --resume`` cannot
+    continue it.
+
+    Parameters
+    ----------
+    model : MobileNetV2
+    preprocess : dict
+        How an image becomes network input, the record :func:`numpymnv2.train.config.make_preprocess` makes.
+    classes : sequence
+        The class names, one per output.
+    source : dict, optional
+        Where the weights came from (stored as ``config["source"]``).
+    """
+    from numpymnv2.train.checkpoint import save_checkpoint
+    classes = [str(c) for c in classes]
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    config = {"model": {"name": "MobileNetV2", **model.config}, "preprocess": dict(preprocess), "classes": classes}
+    if source is not None:
+        config["source"] = dict(source)
+    return save_checkpoint(path, Checkpoint(model=model.state_dict(), config=config))

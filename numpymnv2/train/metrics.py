@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from numpymnv2.train.atomic import atomic_write, atomic_write_text
+from numpymnv2._atomic import atomic_write, atomic_write_text
 
 FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s",
           "elapsed_s")

@@ -46,7 +46,7 @@ from numpymnv2._checks import NonFiniteError
 from numpymnv2.distributed.parallel import SingleProcess
 from numpymnv2.functional.loss import softmax_cross_entropy
 from numpymnv2.models.footprint import check_batch_fits
-from numpymnv2.train.atomic import remove_temporary_files
+from numpymnv2._atomic import remove_temporary_files
 from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, NonFiniteStateError, checkpoint_bytes,
                                         generator_states, load_model_state, module_generators,
                                         restore_generator_states, save_checkpoint)

@@ -113,7 +113,7 @@ def scratch():
 def _plain_png(path, history, title=""):
     """The curves file without matplotlib's drawing, which dominates a tiny run's time (figures are tested in
     tests/train; here only that the file appears)."""
-    from numpymnv2.train.atomic import atomic_write
+    from numpymnv2._atomic import atomic_write
     return atomic_write(path, lambda f: f.write(b"\x89PNG\r\n\x1a\n"))
 
 

@@ -114,7 +114,9 @@ def test_evaluate(inputs, extra, checkpoint):
     check(["evaluate", "--checkpoint", checkpoint, "--limit", "16", "--out", "out", *extra], inputs)
 
 
-PREDICT = {"--checkpoint": FILES, "--top-k": INTS, "--invert": None, "--backend": ["fast", "reference", "x"]}
+PREDICT = {"--checkpoint": FILES, "--top-k": INTS, "--invert": None, "--no-invert": None,
+           "--resize": ["crop", "pad", "squash", "x"], "--json": None, "--csv": None,
+           "--backend": ["fast", "reference", "x"]}
 
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=SLOW_OK)
@@ -126,8 +128,8 @@ def test_predict(inputs, extra, images, checkpoint):
 
 SUMMARY = {"--width": ["0.1", "1", "1e9", "nan", "-1", "x", "1e-9"], "--resolution": ["16", "32", "224", "0", "x",
                                                                                        "100000"],
-           "--num-classes": ["0", "1", "10", "1000000000000", "x"], "--preset": ["imagenet", "cifar", "x"],
-           "--leaves": None}
+           "--num-classes": ["0", "1", "10", "1000000000000", "x"], "--arch": ["imagenet", "small", "cifar", "x"],
+           "--leaves": None, "--checkpoint": FILES}
 
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=SLOW_OK)
@@ -144,7 +146,7 @@ GRADCHECK = {
     "--out-channels": ["0", "1", "3", "-1", "x"], "--kernel": ["0", "1", "3", "9"], "--stride": ["0", "1", "2"],
     "--padding": ["-1", "0", "1", "4"], "--expand-ratio": ["0", "1", "6"], "--activation": ["relu6", "relu", "x"],
     "--eval": None, "--p": FRACTIONS, "--label-smoothing": FRACTIONS, "--width": ["0.1", "nan", "0", "1e9"],
-    "--resolution": ["32", "16", "0"], "--preset": ["cifar", "imagenet"], "--params": ["0", "1", "4", "-2"],
+    "--resolution": ["32", "16", "0"], "--arch": ["cifar", "imagenet", "small"], "--params": ["0", "1", "4", "-2"],
     "--max-coords": ["1", "2", "-1", "x"], "--eps": ["0", "-1", "nan", "inf", "1e-6", "1"],
     "--atol": ["nan", "-1", "inf", "0", "1e-5"], "--rtol": ["nan", "-1", "inf", "0", "1e-3"],
     "--seed": ["0", "-1", "x"],

@@ -14,6 +14,8 @@ def test_numpymnv2_worker_and_tables_on_tiny_shapes():
     ms = {"numpymnv2": {k: 1e3 * v[0] + 1e-3 for k, v in res["times"].items()}}
     table = bench._op_table({"ms": ms, "min_ms": ms}, ("numpymnv2",), 100.0, 150.0)
     assert any(line.startswith("| dw 2x6x6x8 s2 |") for line in table)
+    assert any(line.startswith(bench.RATIO_NOTE) for line in table)     # which way the ratios read
+    assert "below 1 numpymnv2 is faster" in bench.RATIO_NOTE
     assert bench._op_flops("dw 2x6x6x8 s2") == 3 * 2 * 9 * 2 * 3 * 3 * 8
 
 
@@ -47,3 +49,4 @@ def test_inference_rows_run_the_fused_model_and_onnxruntime(monkeypatch):
     table = bench._model_table({"ms": ms, "min_ms": ms, "load_average_end": (0.0, 0.0, 0.0)}, ("numpymnv2",))
     assert any(line.startswith("| infer tiny |") and line.endswith("| 1.0 | 2.00 |") for line in table)
     assert any(line.startswith("| train tiny |") and line.endswith("| - | - |") for line in table)
+    assert any(bench.RATIO_NOTE in line for line in table)

@@ -25,7 +25,11 @@ def test_counts_are_those_of_the_built_model(width, cifar):
 def test_activation_estimate_is_near_the_measured_peak_of_a_training_step():
     model = mn.MobileNetV2(num_classes=10, width_mult=0.35).train()
     x = np.random.default_rng(0).standard_normal((8, 48, 48, 3)).astype(np.float32)
-    model(x)                                          # caches of a first pass exist, as in training
+    # one whole step first: the caches of a previous pass exist, as in training, and Numba has compiled the
+    # kernels (compiling on a cold cache allocates far more Python memory than the step, and tracemalloc sees it)
+    model.backward(mn.softmax_cross_entropy(model(x), np.arange(8))[1])
+    model.zero_grad()
+    model(x)
     tracemalloc.start()
     loss, dlogits = mn.softmax_cross_entropy(model(x), np.arange(8))
     model.backward(dlogits)

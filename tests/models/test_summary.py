@@ -122,5 +122,5 @@ def test_cli_summary(capsys):
     assert main(["summary", "--width", "0.35", "--resolution", "96", "--num-classes", "1000"]) == 0
     out = capsys.readouterr().out
     assert "total parameters 1,677,128" in out and "11.9M" in out and "features.18" in out
-    assert main(["summary", "--preset", "cifar", "--resolution", "32", "--num-classes", "10"]) == 0
+    assert main(["summary", "--arch", "cifar", "--resolution", "32", "--num-classes", "10"]) == 0
     assert "4x4x1280" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpymnv2 import nn
-from numpymnv2.train import atomic
+from numpymnv2 import _atomic as atomic
 from numpymnv2.train.checkpoint import (Checkpoint, CheckpointError, FORMAT, load_checkpoint, load_model_state,
                                         save_checkpoint)
 

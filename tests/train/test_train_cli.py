@@ -229,9 +229,9 @@ def test_predict_resizes_and_converts_other_images(finished_run, tmp_path):
 def test_predict_errors(finished_run, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    assert main(["predict", "--checkpoint", str(finished_run), str(bad)]) == 2
+    assert main(["predict", "--checkpoint", str(finished_run), str(bad)]) == 1      # reported, the rest go on
     assert "bad.png: not an image file" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(finished_run), str(tmp_path / "none.png")]) == 2
+    assert main(["predict", "--checkpoint", str(finished_run), str(tmp_path / "none.png")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -256,7 +256,8 @@ def test_image_folder_dataset_end_to_end(tmp_path, capsys):
     Image.fromarray(np.full((50, 70, 3), (220, 30, 30), np.uint8)).save(tmp_path / "red.png")
     assert main(["predict", "--checkpoint", str(out), str(tmp_path / "red.png"), "--top-k", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and {lines[1].split()[1], lines[2].split()[1]} == {"blue", "red"}
+    assert len(lines) == 4 and {lines[1].split()[1], lines[2].split()[1]} == {"blue", "red"}
+    assert lines[3] == "  note: 70x50, centre 50x50 kept (--resize crop)"
 
 
 def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import pytest
 
 from numpymnv2.cli import main
 from numpymnv2.train import runfolder, trainer as trainer_module
-from numpymnv2.train.atomic import remove_temporary_files
+from numpymnv2._atomic import remove_temporary_files
 from numpymnv2.train.checkpoint import (CheckpointError, NonFiniteStateError, load_checkpoint, save_checkpoint)
 from numpymnv2.train.runfolder import LOCK_NAME, RunFolderLocked, check_output_folder, lock_run_folder
 from numpymnv2.train.trainer import CheckpointWriteError, NonFiniteLossError
