@@ -21,7 +21,8 @@ import numpy as np
 
 from numpymnv2.train.config import (OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
                                     build_schedule, default_out_dir, load_run_data, load_test_data,
-                                    make_loaders, make_preprocess, model_spec, run_record, split_record)
+                                    make_loaders, make_preprocess, model_spec, run_record, set_bn_momentum,
+                                    split_record)
 
 _FROM_OUT = "<out>/last.npz"
 EXIT_INTERRUPTED = 130
@@ -77,6 +78,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help=f"learning-rate schedule over the run, per iteration (default: {d.schedule})")
     opt.add_argument("--warmup-epochs", type=int, default=None,
                      help=f"linear warm-up from 0.1 x lr (default: {d.warmup_epochs})")
+    opt.add_argument("--bn-momentum", type=float, default=None, metavar="M",
+                     help=f"BatchNorm running statistics: running = (1 - M) running + M batch; larger follows the "
+                          f"weights more closely, which matters early in a short run (default: {d.bn_momentum})")
     opt.add_argument("--label-smoothing", type=float, default=None,
                      help=f"weight moved from the true class to all classes evenly, in [0, 1) "
                           f"(default: {d.label_smoothing})")
@@ -184,7 +188,7 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
         preprocess = make_preprocess(cfg, train)
         spec = model_spec(cfg, train.num_classes)
     train_loader, val_loader = make_loaders(cfg, preprocess, train, val)
-    model = build_model(spec)
+    model = set_bn_momentum(build_model(spec), cfg.bn_momentum)
     R = int(preprocess["resolution"])
     check_batch_fits(model, (min(cfg.batch_size, len(train)), R, R, 3), training=True)   # before any work
     parallel = SingleProcess() if comm is None else DataParallel(model, comm)

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     schedule: str = "cosine"
     warmup_epochs: int = 1
+    bn_momentum: float = 0.1
     label_smoothing: float = 0.0
     dropout: float = 0.2
     augment: bool = True
@@ -95,6 +96,8 @@ class TrainConfig:
                                          f"got {self.schedule!r}")
         need(_int(self.warmup_epochs) and 0 <= self.warmup_epochs,
              f"--warmup-epochs must be an integer >= 0, got {self.warmup_epochs}")
+        need(_finite(self.bn_momentum) and 0 < self.bn_momentum <= 1,
+             f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         need(_finite(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
@@ -347,6 +350,21 @@ def build_model(spec: dict):
         return MobileNetV2(**kwargs)
     except TypeError as exc:
         raise ValueError(f"cannot build MobileNetV2 from the architecture record {spec}: {exc}") from None
+
+
+def set_bn_momentum(model, momentum: float):
+    """Give every BatchNorm layer of ``model`` the running-statistics momentum ``momentum`` (``running = (1 - m)
+    running + m batch``, PyTorch's convention); returns ``model``.
+
+    It only changes what evaluation mode sees, never a training step. The statistics must follow weights that
+    move quickly early in a short run: at 0.1 they average the last ~10 steps, and on the digits they lagged so
+    far behind that the validation loss of epochs 2-4 reached 7-20 while the training loss was 2.3.
+    """
+    from numpymnv2.nn.layers import BatchNorm2d
+    for _, module in model.named_modules():
+        if isinstance(module, BatchNorm2d):
+            module.momentum = float(momentum)
+    return model
 
 
 def build_optimizer(cfg: TrainConfig, model):
