@@ -81,6 +81,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--bn-momentum", type=float, default=None, metavar="M",
                      help=f"BatchNorm running statistics: running = (1 - M) running + M batch; larger follows the "
                           f"weights more closely, which matters early in a short run (default: {d.bn_momentum})")
+    opt.add_argument("--precise-bn", type=int, default=None, metavar="N",
+                     help=f"before each validation, re-estimate the BatchNorm statistics at the epoch's final "
+                          f"weights from N training batches (forward passes only); 0 keeps the running averages, "
+                          f"which lag behind fast-moving weights early in a run (default: {d.precise_bn})")
     opt.add_argument("--label-smoothing", type=float, default=None,
                      help=f"weight moved from the true class to all classes evenly, in [0, 1) "
                           f"(default: {d.label_smoothing})")
@@ -198,7 +202,8 @@ def build_trainer(cfg: TrainConfig, out: Path | None, ckpt=None, progress: bool 
     config["processes"] = parallel.size
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=cfg.epochs, schedule=schedule,
                       out_dir=out, config=config, label_smoothing=cfg.label_smoothing, split=split_record(run),
-                      patience=cfg.patience, progress=progress, log=log, parallel=parallel)
+                      patience=cfg.patience, precise_bn=cfg.precise_bn, progress=progress, log=log,
+                      parallel=parallel)
     if ckpt is not None:
         trainer.restore(ckpt)
     return trainer
@@ -219,7 +224,10 @@ def describe_run(trainer, cfg: TrainConfig, out: Path) -> str:
         f"({data['val_source']}), {H}x{W}x{pre['channels']} -> {pre['resolution']}x{pre['resolution']}x3, "
         f"augmentation: {', '.join(aug) or 'none'}",
         f"optimizer: {cfg.optimizer} lr {cfg.lr:g}{mom} weight decay {cfg.weight_decay:g} (not on BN/bias), "
-        f"{cfg.schedule} schedule{warm}" + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else ""),
+        f"{cfg.schedule} schedule{warm}" + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "")
+        + (f", BatchNorm momentum {cfg.bn_momentum:g}" if cfg.bn_momentum != 0.1 else "")
+        + (f"; BatchNorm statistics re-estimated from {cfg.precise_bn} training batches before each validation"
+           if cfg.precise_bn else ""),
         f"{cfg.epochs} epochs x {len(trainer.train_loader)} batches of {cfg.batch_size}"
         + (f" (early stopping after {cfg.patience} without improvement)" if cfg.patience else "")
         + f", seed {cfg.seed}; writing to {out}",

@@ -56,6 +56,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 1
     bn_momentum: float = 0.1
+    precise_bn: int = 0
     label_smoothing: float = 0.0
     dropout: float = 0.2
     augment: bool = True
@@ -98,6 +99,8 @@ class TrainConfig:
              f"--warmup-epochs must be an integer >= 0, got {self.warmup_epochs}")
         need(_finite(self.bn_momentum) and 0 < self.bn_momentum <= 1,
              f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
+        need(_int(self.precise_bn) and self.precise_bn >= 0,
+             f"--precise-bn must be an integer >= 0, got {self.precise_bn}")
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         need(_finite(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")

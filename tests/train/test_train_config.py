@@ -5,8 +5,8 @@ import pytest
 from numpymnv2 import optim
 from numpymnv2.data import default_transform, load_dataset
 from numpymnv2.train.config import (OPTIMIZERS, SCHEDULES, TrainConfig, build_model, build_optimizer,
-                                    build_schedule, load_run_data, make_preprocess, make_transform, model_spec,
-                                    stratified_split, train_drop_last)
+                                    build_schedule, load_run_data, make_loaders, make_preprocess, make_transform,
+                                    model_spec, set_bn_momentum, stratified_split, train_drop_last)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -18,6 +18,8 @@ from numpymnv2.train.config import (OPTIMIZERS, SCHEDULES, TrainConfig, build_mo
     ({"dataset": "imagenet"}, "--dataset must be one of digits"),
     ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
     ({"epochs": 2.5}, "--epochs must be a positive integer"),
+    ({"bn_momentum": 0}, "--bn-momentum must be in (0, 1]"),
+    ({"precise_bn": -1}, "--precise-bn must be an integer >= 0"),
 ])
 def test_invalid_options_are_named(options, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
@@ -103,3 +105,33 @@ def test_every_schedule_warms_up_then_follows_its_shape(name):
            "constant": 0.1}[name]
     assert lrs[-1] == pytest.approx(end)
     assert isinstance(sched, optim.LRScheduler)
+
+
+def test_the_default_recipe_warms_up_linearly_then_anneals_on_a_cosine():
+    """The learning rate of every step of a default run (numpymnv2 train without options), from the schedule
+    the trainer builds: linear from 0.1 x lr to lr over the warm-up epochs, then a cosine down to 0."""
+    cfg = TrainConfig()
+    run = load_run_data(cfg)
+    train_loader, _ = make_loaders(cfg, make_preprocess(cfg, run.train), run.train, run.val)
+    steps = len(train_loader)
+    assert steps == 22                                  # 1,348 training images in batches of 64
+    opt = build_optimizer(cfg, build_model(model_spec(cfg, 10)))
+    sched = build_schedule(cfg, opt, steps)
+    lrs = []
+    for _ in range(cfg.epochs * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    lrs = np.array(lrs)
+    W, N = cfg.warmup_epochs * steps, cfg.epochs * steps
+    assert W > 0
+    np.testing.assert_allclose(lrs[:W + 1], cfg.lr * (0.1 + 0.9 * np.arange(W + 1) / W), rtol=1e-12)
+    t = np.arange(N - W)
+    np.testing.assert_allclose(lrs[W:], cfg.lr * (1 + np.cos(np.pi * t / (N - W))) / 2, rtol=1e-12)
+    assert lrs.argmax() == W and lrs[-1] < 0.001 * cfg.lr
+
+
+def test_set_bn_momentum_reaches_every_batchnorm():
+    from numpymnv2.nn.layers import BatchNorm2d
+    model = set_bn_momentum(build_model(model_spec(TrainConfig(width=0.1), 10)), 0.25)
+    momenta = [m.momentum for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert len(momenta) > 30 and set(momenta) == {0.25}

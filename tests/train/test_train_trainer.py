@@ -222,3 +222,34 @@ def test_says_once_that_numba_is_compiling_and_nothing_on_a_warm_cache(make_trai
     quiet = []
     make_trainer(tmp_path / "b", epochs=1, log=quiet.append).fit()
     assert COMPILING_MESSAGE not in quiet
+
+
+def test_precise_bn_averages_the_batch_statistics_at_the_final_weights_and_changes_no_step(make_trainer):
+    from numpymnv2.nn.layers import BatchNorm2d
+
+    plain, precise = make_trainer(epochs=2), make_trainer(epochs=2, precise_bn=3)
+    plain.fit()
+    precise.fit()
+    # training never reads the running statistics, and the recalibration leaves the dropout generators alone
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), precise.model.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    layers = [m for _, m in precise.model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert layers and all(m.momentum == 0.1 for m in layers)
+    # the statistics are the plain mean over the first 3 batches of the last epoch, at the final weights
+    recalibrated = [(m.running_mean.copy(), m.running_var.copy()) for m in layers]
+    per_batch = []
+    for k, (x, _) in enumerate(precise.train_loader.epoch(1)):
+        if k == 3:
+            break
+        for m in layers:
+            m.momentum = 1.0
+        precise.model.train()
+        precise.model(x)
+        per_batch.append([(m.running_mean.copy(), m.running_var.copy()) for m in layers])
+    for i, (mean, var) in enumerate(recalibrated):
+        np.testing.assert_allclose(mean, np.mean([b[i][0] for b in per_batch], axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, np.mean([b[i][1] for b in per_batch], axis=0), rtol=1e-5, atol=1e-6)
+    plain_stats = [m.running_mean for _, m in plain.model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert not np.allclose(plain_stats[0], recalibrated[0][0])
+    with pytest.raises(ValueError, match="precise_bn must be a non-negative integer"):
+        make_trainer(epochs=1, precise_bn=-1)
