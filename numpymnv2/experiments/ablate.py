@@ -65,8 +65,10 @@ class AblationSettings:
     """Everything that defines an ablation; every run uses all of it except ``variants`` and ``seeds``.
 
     The training options mean what the ``numpymnv2 train`` options of the same names mean
-    (:class:`numpymnv2.train.config.TrainConfig`); those not listed keep the trainer's defaults (momentum 0.9,
-    cosine schedule with one warm-up epoch, dropout 0.2, random crops). The learning rate defaults to 0.01,
+    (:class:`numpymnv2.train.config.TrainConfig`); those not listed are fixed: momentum 0.9, a cosine schedule
+    with one warm-up epoch, no label smoothing, the BatchNorm running averages as they are (no precise BN),
+    dropout 0.2, random crops (the trainer's defaults before numpymnv2 0.2, which the published ablation tables
+    were measured with). The learning rate defaults to 0.01,
     not the trainer's 0.1: at 0.1, within 15 epochs, this network trained erratically on the digits (some
     seeds ended at chance), and runs that diverge say nothing about the blocks being compared. (With the
     ImageNet strides a 32x32 input ends at 1x1, where each BatchNorm sees only the batch's values of a channel;
@@ -108,7 +110,8 @@ class AblationSettings:
         return TrainConfig(dataset=self.dataset, data_dir=self.data_dir, width=self.width, arch=self.arch,
                            resolution=self.resolution, epochs=self.epochs, batch_size=self.batch_size,
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay, limit=self.limit,
-                           val_fraction=self.val_fraction, seed=seed)
+                           val_fraction=self.val_fraction, seed=seed, warmup_epochs=1, label_smoothing=0.0,
+                           precise_bn=0)
 
 
 def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=None, log=None) -> dict:
