@@ -34,8 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.description = (
         "Train a MobileNetV2 and write checkpoints, metrics and learning curves to --out. Without options it "
-        "trains on the built-in hand-written digits (offline) and reaches 98-99% test accuracy in about a minute "
-        "on two cores. Ctrl-C saves a checkpoint; --resume continues bit for bit.")
+        "trains on the built-in hand-written digits (offline) and reaches 99-100% validation and 96-98% test "
+        "accuracy in about a minute on two cores. Ctrl-C saves a checkpoint; --resume continues bit for bit.")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                       help=f"what to train on (default: {d.dataset}, built in)")

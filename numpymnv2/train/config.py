@@ -36,10 +36,15 @@ SCHEDULES = ("cosine", "step", "exponential", "constant")
 class TrainConfig:
     """The options of a training run (the ``numpymnv2 train`` flags of the same names).
 
-    The defaults train the built-in digits to 98-99% test accuracy in about a minute on two cores: width 0.35,
-    32x32 input, the "small" strides (stem at stride 1, so the last feature map is 2x2 rather than 1x1, where
-    training-mode BatchNorm would normalise only N values per channel), SGD with momentum at lr 0.05 on a cosine
-    schedule after one warm-up epoch, 20 epochs. (Measured with seeds 0, 1, 2: 98.3%, 99.3%, 98.7%.)
+    The defaults train the built-in digits to 99-100% validation and 96-98% test accuracy in about a minute on
+    two cores: width 0.35, 32x32 input, the "small" strides (stem at stride 1, so the last feature map is 2x2
+    rather than 1x1, where training-mode BatchNorm would normalise only N values per channel), SGD with
+    momentum 0.9 at lr 0.02, two warm-up epochs then a cosine schedule, label smoothing 0.1, the BatchNorm
+    statistics re-estimated from 8 training batches before each validation (``precise_bn``), 20 epochs.
+    Measured with seeds 0, 1, 2 (validation after the last epoch / test): 100% / 96.33%, 99.33% / 98.00%,
+    99.33% / 97.67%; the largest validation loss after the first epoch was 2.36 (see the README). The
+    defaults before (lr 0.05, one warm-up epoch, no label smoothing, no precise BN) ended at 93-94%
+    validation accuracy with validation losses of 16-59 in epochs 2-5.
     """
 
     dataset: str = "digits"
@@ -50,14 +55,14 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 4e-5
     schedule: str = "cosine"
-    warmup_epochs: int = 1
+    warmup_epochs: int = 2
     bn_momentum: float = 0.1
-    precise_bn: int = 0
-    label_smoothing: float = 0.0
+    precise_bn: int = 8
+    label_smoothing: float = 0.1
     dropout: float = 0.2
     augment: bool = True
     val_fraction: float = 0.1
