@@ -17,11 +17,14 @@ optional residual add) followed by pooling and the classifier. It is forward-onl
 model is not modified. Outputs equal the unfused model's evaluation-mode outputs up to float rounding.
 
 How it runs: on the reference backend each step is the readable operation followed by NumPy's bias, clip and
-add, as written in :meth:`FoldedMobileNetV2.forward_reference`. On the fast backend (the default) a step's
-bias, activation and shortcut add are one Numba pass in place on the convolution's output
-(:func:`numpymnv2.kernels.inference.bias_act`), the pointwise GEMMs write into buffers allocated once per input
-shape and thread (:class:`_Buffers`), and the last step's pass also pools. This is the fastest inference
-numpymnv2 has; the exported ONNX graph (:func:`numpymnv2.interop.to_onnx`) runs the same steps in onnxruntime.
+add, as written in :meth:`FoldedMobileNetV2.forward_reference`. On the fast backend (the default) the
+depthwise convolutions apply their bias and activation in their own kernel
+(:func:`numpymnv2.kernels.inference.depthwise_bias_act`); after the stem's and each pointwise product, bias,
+activation and shortcut add are one Numba pass in place (:func:`numpymnv2.kernels.inference.bias_act`), and
+the last step's pass also pools. Every step writes into buffers allocated once per input shape and thread, and
+the calls with their arguments are prepared then too (:class:`_Plan`), so a forward pass is a list of kernel
+calls with little Python between them. This is the fastest inference numpymnv2 has; the exported ONNX graph
+(:func:`numpymnv2.interop.to_onnx`) runs the same steps in onnxruntime.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ from typing import NamedTuple
 import numpy as np
 
 from numpymnv2.backend import get_backend
+from numpymnv2.kernels import conv2d as fast_conv2d
 from numpymnv2.kernels import inference as fast_inference
+from numpymnv2.kernels.activation import ACTIVATION_CODES
 from numpymnv2.nn.layers import BatchNorm2d, Conv2d, DepthwiseConv2d, PointwiseConv2d
 from numpymnv2.ops import CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D
 
@@ -101,38 +106,107 @@ def fold_batchnorm(model) -> "FoldedMobileNetV2":
     return FoldedMobileNetV2(steps, linear.weight.data.copy(), linear.bias.data.copy(), model)
 
 
-class _Buffers:
-    """The output arrays of the pointwise steps for one input shape: step ``i`` writes ``slot_views[i]``.
+def _output_shapes(steps, x_shape: tuple) -> list[tuple]:
+    """The output shape ``(N, H_out, W_out, C_out)`` of every step for an input of shape ``x_shape``."""
+    N, H, W, _ = x_shape
+    shapes = []
+    for step in steps:
+        if step.kind != "pointwise":
+            K = step.weight.shape[1] if step.kind == "conv2d" else step.weight.shape[0]
+            H = (H + 2 * step.padding - K) // step.stride + 1
+            W = (W + 2 * step.padding - K) // step.stride + 1
+        shapes.append((N, H, W, step.bias.shape[0]))
+    return shapes
 
-    Pointwise outputs take turns in three slots, each step a slot that holds neither its input nor the shortcut
-    of the block it is in (both are read while it writes); each slot is as large as the largest output it holds.
+
+def _slots(steps, shapes) -> tuple[list[int], list[int]]:
+    """Which of three buffers each step writes, and how large each buffer must be (elements).
+
+    A step writes a slot that holds neither its input (the previous step's output) nor the shortcut of the block
+    it is in (both are read while it writes); three slots always suffice.
+    """
+    slot_of, sizes = [], [0, 0, 0]
+    held_input = held_shortcut = None
+    for step, shape in zip(steps, shapes):
+        if step.block_start:
+            held_shortcut = held_input
+        slot = next(k for k in range(3) if k not in (held_input, held_shortcut))
+        sizes[slot] = max(sizes[slot], int(np.prod(shape)))
+        slot_of.append(slot)
+        held_input = slot
+        if step.add_residual:
+            held_shortcut = None
+    return slot_of, sizes
+
+
+class _Plan:
+    """The fast path of :class:`FoldedMobileNetV2` for one input shape and dtype, prepared once.
+
+    Every step writes its output into one of three buffers (:func:`_slots`), so every array a kernel reads or
+    writes is known before the first call: the plan is a list of calls ``(function, arguments)`` with their
+    arguments bound, and a forward pass is the stem's patch gathering followed by those calls:
+
+    - stem (conv2d): the product of the gathered patches with the folded weight into its buffer, then
+      :func:`~numpymnv2.kernels.inference.bias_act` in place;
+    - depthwise: :func:`~numpymnv2.kernels.inference.depthwise_bias_act` (convolution, bias and activation in
+      one kernel) into its buffer;
+    - pointwise: the BLAS product into its buffer, then bias, activation and the block's shortcut add in one
+      pass in place (:func:`~numpymnv2.kernels.inference.bias_act`); the last one's pass also pools
+      (:func:`~numpymnv2.kernels.inference.bias_act_pool`) into ``pooled`` and writes nothing else.
+
+    The kernels are called through their launchers (``kernel(work, rows, inputs)``, see
+    :mod:`numpymnv2.kernels._launch`) with the inputs the public wrappers would build, built here once.
     """
 
-    def __init__(self, steps, x_shape: tuple, dtype):
-        N, H, W, _ = x_shape
-        shapes = []
-        for step in steps:
-            if step.kind != "pointwise":
-                K = step.weight.shape[1] if step.kind == "conv2d" else step.weight.shape[0]
-                H = (H + 2 * step.padding - K) // step.stride + 1
-                W = (W + 2 * step.padding - K) // step.stride + 1
-            shapes.append((N, H, W, step.bias.shape[0]))
-        slot_of, sizes = [], [0, 0, 0]
-        held_input = held_shortcut = None      # the slots holding the next step's input and the block's shortcut
-        for step, shape in zip(steps, shapes):
-            if step.block_start:
-                held_shortcut = held_input
-            slot = None
-            if step.kind == "pointwise":
-                slot = next(k for k in range(3) if k not in (held_input, held_shortcut))
-                sizes[slot] = max(sizes[slot], int(np.prod(shape)))
-            slot_of.append(slot)
-            held_input = slot
-            if step.add_residual:
-                held_shortcut = None
+    def __init__(self, model: "FoldedMobileNetV2", x_shape: tuple, dtype):
+        steps = model.steps
+        shapes = _output_shapes(steps, x_shape)
+        slot_of, sizes = _slots(steps, shapes)
         slots = [np.empty(n, dtype=dtype) for n in sizes]
-        self.out = [None if k is None else slots[k][:int(np.prod(shape))].reshape(shape)
-                    for k, shape in zip(slot_of, shapes)]
+        outs = [slots[k][:int(np.prod(shape))].reshape(shape) for k, shape in zip(slot_of, shapes)]
+        self.key = (tuple(x_shape), np.dtype(dtype))
+        self.pooled = np.empty((x_shape[0], shapes[-1][-1]), dtype=dtype)
+        stem = steps[0]
+        if stem.kind != "conv2d":
+            raise TypeError(f"FoldedMobileNetV2: expected the first step to be the stem conv2d, got {stem.kind}")
+        self.stem_out = outs[0].reshape(-1, shapes[0][-1])
+        self.calls = [_bias_act_call(outs[0], stem, None)]
+        shortcut = None
+        for i in range(1, len(steps)):
+            step, x, out = steps[i], outs[i - 1], outs[i]
+            if step.block_start:
+                shortcut = x
+            residual = shortcut if step.add_residual else None
+            if step.kind == "depthwise":
+                K = step.weight.shape[0]
+                self.calls.append((fast_inference._depthwise_bias_act,
+                                   (out.size * K * K, out.shape[0] * out.shape[1],
+                                    (x, step.weight, step.stride, step.padding, step.bias,
+                                     ACTIVATION_CODES[step.activation], out))))
+            elif step.kind == "pointwise":
+                self.calls.append((np.matmul, (x.reshape(-1, x.shape[-1]), model._pointwise_t[i],
+                                               out.reshape(-1, out.shape[-1]))))
+                if i == len(steps) - 1:
+                    N, H, W, C = out.shape
+                    self.calls.append((fast_inference._bias_act_pool,
+                                       (out.size, N, (out.reshape(N, H * W, C), step.bias,
+                                                      ACTIVATION_CODES[step.activation], self.pooled))))
+                else:
+                    self.calls.append(_bias_act_call(out, step, residual))
+            else:
+                raise TypeError(f"FoldedMobileNetV2: unexpected {step.kind} step after the stem ({step.name})")
+        if steps[-1].kind != "pointwise":
+            raise TypeError("FoldedMobileNetV2: expected the last step to be a pointwise convolution")
+
+
+def _bias_act_call(y: np.ndarray, step: FoldedConv, residual: np.ndarray | None) -> tuple:
+    """The call of :func:`~numpymnv2.kernels.inference.bias_act` on ``y`` in place, arguments bound."""
+    C = y.shape[-1]
+    y2 = y.reshape(-1, C)
+    res = y2 if residual is None else residual.reshape(-1, C)
+    rows = (y2.shape[0] + fast_inference.PIXELS - 1) // fast_inference.PIXELS
+    return (fast_inference._bias_act,
+            (y.size, rows, (y2, step.bias, ACTIVATION_CODES[step.activation], res, residual is not None)))
 
 
 class FoldedMobileNetV2:
@@ -142,8 +216,8 @@ class FoldedMobileNetV2:
     as the original model validates them. Attributes: ``steps`` (list of :class:`FoldedConv`),
     ``classifier_weight`` ``(num_classes, last_channel)``, ``classifier_bias`` ``(num_classes,)``.
 
-    On the fast backend (the default) it keeps, per thread, the buffers of the last input shape it saw (see the
-    module docstring); the logits it returns are always a new array. The fast path reads the steps' weights
+    On the fast backend (the default) it keeps, per thread, the plan and buffers of the last input shape it saw
+    (:class:`_Plan`); the logits it returns are always a new array. The fast path reads the steps' weights
     when the model is built: after changing them in place, fold again.
     """
 
@@ -152,10 +226,12 @@ class FoldedMobileNetV2:
         self.classifier_weight, self.classifier_bias = classifier_weight, classifier_bias
         self.config = dict(source.config)
         self._check = source.check_input     # the same input validation as the unfused model
-        self._local = threading.local()      # .buffers: _Buffers of this thread's last input shape
+        self._local = threading.local()      # .plan: the _Plan of this thread's last input shape
         # the fast path multiplies by each pointwise weight transposed, (C_in, C_out), stored contiguously:
         # OpenBLAS ran MobileNetV2's products 12-20% faster from it than from the transposed view T.T
         self._pointwise_t = [np.ascontiguousarray(s.weight.T) if s.kind == "pointwise" else None for s in steps]
+        # and the stem's weight as the (K K C_in, C_out) matrix its gathered patches multiply
+        self._stem_t = np.ascontiguousarray(steps[0].weight.reshape(steps[0].weight.shape[0], -1).T)
 
     def num_parameters(self) -> int:
         return int(sum(s.weight.size + s.bias.size for s in self.steps) + self.classifier_weight.size
@@ -195,32 +271,18 @@ class FoldedMobileNetV2:
         return pooled @ self.classifier_weight.T + self.classifier_bias   # dropout is the identity at inference
 
     def forward_fast(self, x: np.ndarray) -> np.ndarray:
-        """The same steps on the fast kernels: each convolution, then its bias, activation and residual add in
-        one pass in place; the pointwise products write into this thread's buffers; the last pass pools."""
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None or buffers.key != (x.shape, x.dtype):
-            buffers = _Buffers(self.steps, x.shape, x.dtype)
-            buffers.key = (x.shape, x.dtype)
-            self._local.buffers = buffers
-        x = np.ascontiguousarray(x)
-        shortcut = None
-        last = len(self.steps) - 1
-        for i, (step, out, T_t) in enumerate(zip(self.steps, buffers.out, self._pointwise_t)):
-            if step.block_start:
-                shortcut = x
-            if step.kind == "conv2d":
-                y, _ = CONV2D.fast.forward(x, step.weight, step.stride, step.padding)
-            elif step.kind == "depthwise":
-                y, _ = DEPTHWISE_CONV2D.fast.forward(x, step.weight, step.stride, step.padding)
-            else:
-                y = out
-                np.matmul(x.reshape(-1, x.shape[-1]), T_t, out=y.reshape(-1, y.shape[-1]))
-            if i == last:
-                pooled = fast_inference.bias_act_pool(y, step.bias, step.activation)
-                break
-            fast_inference.bias_act(y, step.bias, step.activation, shortcut if step.add_residual else None)
-            x = y
-        return pooled @ self.classifier_weight.T + self.classifier_bias
+        """The same steps on the fast kernels, as prepared by this thread's :class:`_Plan` for ``x``'s shape:
+        each convolution writes its buffer, with its bias, activation and residual add in the same kernel
+        (depthwise) or in one pass in place after the product (stem, pointwise); the last pass pools."""
+        plan = getattr(self._local, "plan", None)
+        if plan is None or plan.key != (x.shape, x.dtype):
+            plan = self._local.plan = _Plan(self, x.shape, x.dtype)
+        stem = self.steps[0]
+        cols = fast_conv2d.im2col(x, stem.weight.shape[1], stem.stride, stem.padding)
+        np.matmul(cols.reshape(plan.stem_out.shape[0], -1), self._stem_t, out=plan.stem_out)
+        for function, args in plan.calls:
+            function(*args)
+        return plan.pooled @ self.classifier_weight.T + self.classifier_bias
 
     def __repr__(self) -> str:
         return (f"FoldedMobileNetV2({len(self.steps)} folded convolutions, "

@@ -1,10 +1,11 @@
-"""``numpymnv2 evaluate``: accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
+"""``numpymnv2 evaluate``: accuracy (and top-5 accuracy for more than 5 classes), per-class accuracy and confusion
+matrix of a checkpoint on a dataset split.
 
 The model, the dataset and the preprocessing all come from the checkpoint, so only ``--checkpoint`` is
 needed. ``--split train`` and ``--split val`` score exactly the images the run trained and validated on (the
 checkpoint stores their rows), for every dataset the trainer accepts; ``--split test`` the dataset's test split.
-The confusion matrix is printed and saved as a PNG, the numbers as JSON, next to the checkpoint unless
-``--out`` says otherwise.
+The confusion matrix is printed and saved as a PNG (the counts, and beside them each row normalised by its
+class's images), the numbers as JSON, next to the checkpoint unless ``--out`` says otherwise.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from numpymnv2.train.config import EVAL_SPLITS
+
+TOP_K = 5       # top-5 accuracy is reported for more than 5 classes (with 5 or fewer it is 100%)
 
 
 def configure_parser(parser) -> None:
@@ -68,7 +71,7 @@ def run(args) -> int:
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
                                          plot_confusion)
-    from numpymnv2.train.trainer import evaluate_model
+    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -91,8 +94,11 @@ def run(args) -> int:
         data = data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:args.limit]))
     loader = DataLoader(data, args.batch_size, shuffle=False,
                         transform=make_transform(ckpt.config["preprocess"], train=False), dtype=cfg.dtype)
+    top_k = TOP_K if len(classes) > TOP_K else 1
     with use_backend(args.backend):
-        loss, acc, predictions, labels = evaluate_model(model, loader)
+        loss, acc, ranked, labels = evaluate_model(model, loader, top_k=top_k)
+    predictions = ranked[:, 0] if top_k > 1 else ranked
+    top_acc = top_k_accuracy(ranked, labels) if top_k > 1 else None
     cm = confusion_matrix(labels, predictions, len(classes))
     per_class = per_class_accuracy(cm)
 
@@ -102,6 +108,8 @@ def run(args) -> int:
           f"{spec.get('width_mult')}, {len(classes)} classes)")
     print(f"data: {cfg.dataset}, --split {args.split}: {what}, {len(data)} images")
     print(f"accuracy: {100 * acc:.2f}% ({int(np.trace(cm))}/{len(data)}), mean cross-entropy {loss:.4f}")
+    if top_acc is not None:
+        print(f"top-{TOP_K} accuracy: {100 * top_acc:.2f}% (the label among the {TOP_K} most likely classes)")
     print("\nper-class accuracy:")
     width = max(5, max(len(str(c)) for c in classes))
     print(f"  {'class'.ljust(width)}  images  correct  accuracy")
@@ -116,7 +124,7 @@ def run(args) -> int:
     png = plot_confusion(out / f"{stem}_confusion.png", cm, classes,
                          title=f"{cfg.dataset} {args.split}: {100 * acc:.2f}% ({ckpt.path.name})")
     report = {"checkpoint": str(ckpt.path), "dataset": cfg.dataset, "split": args.split, "images": len(data),
-              "accuracy": acc, "loss": loss, "classes": list(classes),
+              "accuracy": acc, f"top{TOP_K}_accuracy": top_acc, "loss": loss, "classes": list(classes),
               "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
               "confusion_matrix": cm.tolist()}
     js = atomic_write_text(out / f"{stem}_evaluation.json", json.dumps(report, indent=2) + "\n")

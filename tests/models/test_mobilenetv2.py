@@ -270,6 +270,21 @@ def test_folded_fast_path_equals_its_reference_path(dtype, tol, make):
         np.testing.assert_array_equal(got, kept)        # later calls did not overwrite an earlier result
 
 
+@pytest.mark.parametrize("width_mult", [0.35, 0.75, 1.0, 1.4])
+@pytest.mark.parametrize("arch", ["imagenet", "cifar"])
+def test_folded_fast_path_equals_eval_model_across_widths(arch, width_mult):
+    # the fused depthwise + bias + ReLU6 kernel, the prepared plan and its three buffers at every width (the
+    # channel counts change with it) and both architectures (the CIFAR stem and second row run at stride 1)
+    rng = np.random.default_rng(7)
+    make = MobileNetV2.cifar if arch == "cifar" else MobileNetV2
+    model = randomize_bn(make(num_classes=7, width_mult=width_mult, seed=5), rng).eval()
+    x = rng.uniform(-1, 1, (2, 35, 33, 3)).astype(np.float32)
+    expected = model(x)
+    got = model.fuse()(x)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()
+
+
 def test_folded_fast_path_keeps_buffers_per_thread():
     # two threads with different shapes at once: each has its own buffers, so both get their own answer
     import threading
