@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["VARIANTS", "COMPARISONS", "AblationSettings", "train_variant", "run_ablation", "summarize",
-           "format_table", "plot_curves", "configure_parser", "run"]
+           "at_chance", "chance_warning", "format_table", "ablation_figure", "plot_curves", "configure_parser",
+           "run"]
 
 # name -> (MobileNetV2 switches, label)
 VARIANTS = {
@@ -128,8 +129,9 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
     -------
     dict
         ``variant``, ``seed``, ``history`` (the trainer's rows), ``final_val_acc``, ``best_val_acc``,
-        ``final_train_loss``, ``sparsity`` (:meth:`SparsityReport.to_dict` without the norms), ``checkpoint``
-        (the path of ``last.npz``; :func:`run_ablation` makes it relative to its ``out``), ``time_s``.
+        ``final_train_loss``, ``chance_acc`` (the validation accuracy of always answering the most frequent
+        class), ``sparsity`` (:meth:`SparsityReport.to_dict` without the norms), ``checkpoint`` (the path of
+        ``last.npz``; :func:`run_ablation` makes it relative to its ``out``), ``time_s``.
     """
     from numpymnv2.backend import use_backend
     from numpymnv2.experiments.sparsity import depthwise_sparsity
@@ -165,7 +167,9 @@ def train_variant(variant: str, seed: int, settings: AblationSettings, out_dir=N
     for entry in sparsity["layers"]:           # per-kernel norms stay in the checkpoints, not in the JSON
         del entry["norms"], entry["folded_norms"]
     last = result.history[-1]
+    counts = np.bincount(np.asarray(val.labels, dtype=np.int64), minlength=val.num_classes)
     return {"variant": variant, "seed": int(seed), "history": result.history,
+            "chance_acc": float(counts.max() / counts.sum()),
             "final_val_acc": last["val_acc"], "best_val_acc": result.best["val_acc"] if result.best else None,
             "final_train_loss": last["train_loss"], "sparsity": sparsity,
             "checkpoint": None if result.last_checkpoint is None else str(result.last_checkpoint),
@@ -229,12 +233,39 @@ def run_ablation(settings: AblationSettings, out=None, jobs: int = 2, verbose: b
                     f"{100 * result['sparsity']['fraction']:.1f}% ({result['time_s']:.0f} s; "
                     f"{time.perf_counter() - t0:.0f} s elapsed)")
     runs = [results[task] for task in tasks]
+    warning = chance_warning(runs, settings)
+    if warning:
+        say(f"warning: {warning}")
     return {"experiment": "ablate",
             "paper": "Sandler et al. 2018, MobileNetV2, arXiv:1801.04381, Section 6.4, Figure 6",
             "settings": asdict(settings), "variants": {v: {**VARIANTS[v][0], "label": VARIANTS[v][1]}
                                                        for v in settings.variants},
             "runs": runs, "summary": summarize(runs, settings.variants),
+            "warnings": [warning] if warning else [],
             "wall_time_s": round(time.perf_counter() - t0, 1)}
+
+
+def at_chance(run: dict) -> bool:
+    """Whether a run learned nothing measurable: its best validation accuracy is within a tenth of the way from
+    chance (``chance_acc``, always answering the most frequent class) to 100%."""
+    chance = run.get("chance_acc")
+    best = run.get("best_val_acc")
+    if chance is None or best is None:
+        return False
+    return best <= chance + (1.0 - chance) / 10
+
+
+def chance_warning(runs: list, settings: "AblationSettings") -> str | None:
+    """A message when every run ended at chance (:func:`at_chance`): the budget was too small for the
+    comparison to mean anything; None otherwise."""
+    if not runs or not all(at_chance(r) for r in runs):
+        return None
+    chance = max(r["chance_acc"] for r in runs)
+    best = max(r["best_val_acc"] for r in runs)
+    return (f"every run ended at chance accuracy (best validation accuracy {100 * best:.1f}%, always answering "
+            f"the most frequent class scores {100 * chance:.1f}%): the budget is too small to compare the variants "
+            f"(--epochs {settings.epochs}, --limit {settings.limit}, --lr {settings.lr:g}); train longer, on more "
+            f"images, or with another --lr")
 
 
 def _mean_std(values) -> dict:
@@ -299,35 +330,39 @@ def format_table(result: dict) -> str:
                      f"{_pm(e['final_train_loss'], 1.0, 4)} | {_pm(e['sparsity'], 100.0, 1)} | "
                      f"{_pm(e['folded_sparsity'], 100.0, 1)} | {_pm(e.get('dead_channels'), 100.0, 2)} |")
     lines.append("")
+    lines += [f"**warning**: {w}" for w in result.get("warnings", [])]
     lines.append(f"near 0: % of depthwise kernels with norm < {s['threshold']:g} x the largest of their layer; "
                  f"BN-folded: after folding in the BatchNorm that follows; dead: % of depthwise channels whose "
                  f"output was constant (numpymnv2 sparsity)")
     return "\n".join(lines)
 
 
-def plot_curves(result: dict, path) -> Path:
-    """Validation accuracy (top) and training loss (bottom) against epoch, one column per comparison of Figure 6.
+def ablation_figure(result: dict):
+    """Validation accuracy (top) and training loss (bottom, log axis) against epoch, one column per comparison
+    of Figure 6, as a matplotlib ``Figure`` (drawn with Agg, not shown).
 
-    Each line is the mean over seeds; the band spans the lowest to the highest seed.
+    Each line is the mean over seeds; the band spans the lowest to the highest seed. Epochs are ticked at
+    whole numbers; the loss axis is labelled with plain numbers (0.1, 0.2, 0.5, ...) rather than powers of 10.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     variants = list(result["summary"])
     panels = [(title, [BASELINE, other]) for title, other in COMPARISONS
               if BASELINE in variants and other in variants]
     if not panels:
         panels = [("variants", variants)]
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 6.4), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(panels), 6.4))
+    axes = fig.subplots(2, len(panels), squeeze=False)
     for j, (title, shown) in enumerate(panels):
+        losses = []
         for v in shown:
             rs = [r for r in result["runs"] if r["variant"] == v]
             epochs = [row["epoch"] for row in rs[0]["history"]]
             for i, (key, scale) in enumerate((("val_acc", 100.0), ("train_loss", 1.0))):
                 curves = np.array([[scale * row[key] for row in r["history"]] for r in rs], dtype=np.float64)
+                if key == "train_loss":
+                    losses.append(curves)
                 ax = axes[i, j]
                 ax.plot(epochs, curves.mean(axis=0), color=COLOURS.get(v), marker="o", ms=2.5,
                         label=f"{VARIANTS[v][1]} (n={len(rs)})")
@@ -335,19 +370,39 @@ def plot_curves(result: dict, path) -> Path:
                     ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=COLOURS.get(v), alpha=0.2)
         axes[0, j].set_title(title, fontsize=10)
         axes[0, j].set_ylabel("validation accuracy (%)", fontsize=8)
-        axes[1, j].set_ylabel("training loss", fontsize=8)
-        axes[1, j].set_yscale("log")
-        axes[1, j].set_xlabel("epoch", fontsize=8)
+        loss_ax = axes[1, j]
+        loss_ax.set_ylabel("training loss (log scale)", fontsize=8)
+        loss_ax.set_yscale("log")
+        _readable_log_ticks(loss_ax, np.concatenate([c.ravel() for c in losses]), LogLocator, NullFormatter)
+        loss_ax.set_xlabel("epoch", fontsize=8)
         axes[0, j].legend(fontsize=7, loc="lower right")
         for ax in axes[:, j]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
     s = result["settings"]
     fig.suptitle(f"Paper Fig. 6 at CPU scale: MobileNetV2 width {s['width']:g} on {s['dataset']}, "
                  f"{s['epochs']} epochs, mean over seeds {s['seeds']} (band: min to max)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _readable_log_ticks(ax, values, LogLocator, NullFormatter) -> None:
+    """Label a log axis at 1, 2 and 5 times the powers of 10 in plain numbers (``0.05``, not ``5x10^-2``);
+    a range of less than a decade would otherwise show a single label, or none."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    decades = np.log10(finite.max() / finite.min()) if finite.size else 0.0
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(lambda y, pos: f"{y:g}")
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_curves(result: dict, path) -> Path:
+    """Write :func:`ablation_figure` to ``path`` as a PNG (parent folders are created); return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ablation_figure(result).savefig(path, dpi=110)
     return path
 
 

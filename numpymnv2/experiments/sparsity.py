@@ -56,7 +56,7 @@ import numpy as np
 from numpymnv2._untrusted import npz_names
 
 __all__ = ["MODES", "LayerSparsity", "SparsityReport", "depthwise_sparsity", "depthwise_kernels", "load_state",
-           "format_table", "plot_sparsity", "configure_parser", "run"]
+           "format_table", "sparsity_figure", "plot_sparsity", "configure_parser", "run"]
 
 MODES = ("relative", "absolute")
 DEFAULT_THRESHOLD = 0.1
@@ -326,33 +326,31 @@ def format_table(report: SparsityReport) -> str:
     return "\n".join(lines)
 
 
-def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) -> Path:
-    """Write one PNG: per layer, the near-zero fraction (top) and every kernel's norm over its layer's max (bottom).
+def sparsity_figure(reports, title: str = "", colors: dict | None = None):
+    """Per layer, the near-zero fraction (top) and every kernel's norm over its layer's max (bottom), as a
+    matplotlib ``Figure`` (drawn with Agg, not shown). The layers are labelled with their full names in the
+    model's state dict (``features.3.conv.1``).
 
     Parameters
     ----------
     reports : SparsityReport or dict of str to SparsityReport
         One report, or several by label (e.g. the ablation variants), drawn side by side.
-    path : str or Path
-        Where to write the PNG; parent folders are created.
     title : str
     colors : dict of str to colour, optional
         A matplotlib colour per label (default: the colour cycle).
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
 
     if isinstance(reports, SparsityReport):
         reports = {reports.source or "model": reports}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first = next(iter(reports.values()))
     names = [layer.name for layer in first.layers]
     x = np.arange(len(names))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 0.45 * len(names) + 3), 7.0), sharex=True)
+    fig = Figure(figsize=(max(7.0, 0.5 * len(names) + 3), 7.5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     width = 0.8 / len(reports)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, report) in enumerate(reports.items()):
         colour = (colors or {}).get(label, colours[k % len(colours)])
         offset = (k - (len(reports) - 1) / 2) * width
@@ -376,13 +374,19 @@ def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) ->
     top.set_title(title or f"Depthwise kernels near zero ({rule})", fontsize=10)
     top.legend(fontsize=7)
     bottom.legend(fontsize=7, markerscale=3)
-    bottom.set_xticks(x, [n.replace(".conv", "").replace("features.", "f.") for n in names], rotation=60,
-                      ha="right", fontsize=7)
+    bottom.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    bottom.set_xlabel("depthwise layer", fontsize=8)
     for ax in (top, bottom):
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) -> Path:
+    """Write :func:`sparsity_figure` to ``path`` as a PNG (parent folders are created); return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sparsity_figure(reports, title, colors).savefig(path, dpi=110)
     return path
 
 

@@ -339,21 +339,27 @@ def _ends_job_on_error(comm):
 
 
 def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
-    """``(record, None)``: the final model's accuracy on the test split, read only now; or ``(None, why)`` when
-    the dataset has no test split."""
+    """``(record, None)``: the final model's accuracy (and top-5 accuracy, ``top5_acc``, with more than 5
+    classes) on the test split, read only now; or ``(None, why)`` when the dataset has no test split."""
     from numpymnv2.data import DataLoader
     from numpymnv2.train.config import make_transform
-    from numpymnv2.train.trainer import evaluate_model
+    from numpymnv2.train.cli_evaluate import TOP_K
+    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
     try:
         test = load_test_data(cfg)
     except FileNotFoundError as exc:
         return None, str(exc).splitlines()[0]
     loader = DataLoader(test, max(cfg.batch_size, 256), shuffle=False, dtype=cfg.dtype,
                         transform=make_transform(trainer.config["preprocess"], train=False))
-    loss, acc, predictions, labels = evaluate_model(trainer.model, loader, trainer.parallel)
-    return {"model": "last.npz", "epoch": len(trainer.history), "images": len(test),
-            "correct": int((predictions == labels).sum()), "acc": acc, "loss": loss,
-            "also_validation": cfg.val_fraction == 0}, None
+    top_k = TOP_K if test.num_classes > TOP_K else 1
+    loss, acc, ranked, labels = evaluate_model(trainer.model, loader, trainer.parallel, top_k=top_k)
+    predictions = ranked[:, 0] if top_k > 1 else ranked
+    record = {"model": "last.npz", "epoch": len(trainer.history), "images": len(test),
+              "correct": int((predictions == labels).sum()), "acc": acc, "loss": loss,
+              "also_validation": cfg.val_fraction == 0}
+    if top_k > 1:
+        record[f"top{top_k}_acc"] = top_k_accuracy(ranked, labels)
+    return record, None
 
 
 def _summary(cfg: TrainConfig, result, wall: float, out: Path, test: dict | None, missing: str | None) -> str:
@@ -371,8 +377,10 @@ def _summary(cfg: TrainConfig, result, wall: float, out: Path, test: dict | None
     if test is not None:
         note = ("the test split was also the validation set (--val-fraction 0), so this is optimistic"
                 if test["also_validation"] else "images the run never trained or validated on")
+        top = "".join(f"; top-{k[3:-4]} accuracy {100 * v:.2f}%" for k, v in test.items()
+                      if k.startswith("top") and k.endswith("_acc"))
         lines.append(f"test accuracy of the final model (last.npz): {100 * test['acc']:.2f}% ({test['correct']}/"
-                     f"{test['images']} test images; {note})")
+                     f"{test['images']} test images; {note}){top}")
     else:
         lines.append(f"test accuracy: none, the dataset has no test split ({missing}); the validation accuracy "
                      f"is the run's only held-out measure")

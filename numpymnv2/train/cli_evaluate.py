@@ -1,10 +1,11 @@
-"""``numpymnv2 evaluate``: accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
+"""``numpymnv2 evaluate``: accuracy (and top-5 accuracy for more than 5 classes), per-class accuracy and confusion
+matrix of a checkpoint on a dataset split.
 
 The model, the dataset and the preprocessing all come from the checkpoint, so only ``--checkpoint`` is
 needed. ``--split train`` and ``--split val`` score exactly the images the run trained and validated on (the
 checkpoint stores their rows), for every dataset the trainer accepts; ``--split test`` the dataset's test split.
-The confusion matrix is printed and saved as a PNG, the numbers as JSON, next to the checkpoint unless
-``--out`` says otherwise.
+The confusion matrix is printed and saved as a PNG (the counts, and beside them each row normalised by its
+class's images), the numbers as JSON, next to the checkpoint unless ``--out`` says otherwise.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from numpymnv2.train.config import EVAL_SPLITS
 
+TOP_K = 5       # top-5 accuracy is reported for more than 5 classes (with 5 or fewer it is 100%)
+
 
 def configure_parser(parser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -24,7 +27,9 @@ def configure_parser(parser) -> None:
                              "on (the checkpoint stores which; val is a held-out part of the train split unless "
                              "the run had --val-fraction 0) (default: test)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="where the dataset's files are, if not where training found them")
+                        help="where the dataset's files are, if not where training found them; for a checkpoint "
+                             "without a training run (numpymnv2 convert), an image folder with one sub-folder per "
+                             "class")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate a random subset of at most N images")
     parser.add_argument("--batch-size", type=int, default=256,
@@ -35,6 +40,29 @@ def configure_parser(parser) -> None:
                         help="the Numba kernels or the readable NumPy code (default: fast)")
 
 
+def image_folder_for(ckpt, data_dir, split: str):
+    """``(cfg, dataset, description)`` for a checkpoint that records no training run (``numpymnv2 convert``):
+    the image folder ``data_dir``, its test/ (or val/) part if it has one, else every image of its class
+    sub-folders, resized to the checkpoint's resolution."""
+    from numpymnv2.data.folder import SPLIT_FOLDERS
+    from numpymnv2.train.config import TrainConfig, load_split
+
+    if data_dir is None:
+        raise ValueError(f"{ckpt.path} records no training run (converted weights?), so there is no dataset to "
+                         f"read: pass --data-dir DIR, an image folder with one sub-folder of images per class named "
+                         f"as the checkpoint's classes (or DIR/test/<class>/)")
+    if split != "test":
+        raise ValueError(f"--split {split}: {ckpt.path} records no training run, so it has no {split} images; "
+                         f"--split test scores the folder --data-dir")
+    pre = ckpt.config["preprocess"]
+    cfg = TrainConfig(dataset="folder", data_dir=str(data_dir), resolution=int(pre["resolution"]),
+                      dtype=pre["dtype"], val_fraction=0)
+    root = Path(data_dir).expanduser()
+    if any((root / s).is_dir() for s in SPLIT_FOLDERS):
+        return cfg, load_split(cfg, "test"), f"the test/ (or val/) images of {root}"
+    return cfg, load_split(cfg, "train"), f"every image in the class sub-folders of {root}"
+
+
 def run(args) -> int:
     from numpymnv2._atomic import atomic_write_text
     from numpymnv2.backend import use_backend
@@ -43,7 +71,7 @@ def run(args) -> int:
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
                                          plot_confusion)
-    from numpymnv2.train.trainer import evaluate_model
+    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -52,11 +80,12 @@ def run(args) -> int:
     model, ckpt = load_trained_model(args.checkpoint)
     saved = dict(ckpt.config.get("train") or {})
     if "dataset" not in saved:
-        raise ValueError(f"{ckpt.path}: the checkpoint does not say which dataset it was trained on")
-    if args.data_dir is not None:
-        saved["data_dir"] = args.data_dir
-    cfg = TrainConfig.from_dict(saved)
-    data, what = load_evaluation_split(cfg, args.split, ckpt.split, ckpt.config.get("data"))
+        cfg, data, what = image_folder_for(ckpt, args.data_dir, args.split)
+    else:
+        if args.data_dir is not None:
+            saved["data_dir"] = args.data_dir
+        cfg = TrainConfig.from_dict(saved)
+        data, what = load_evaluation_split(cfg, args.split, ckpt.split, ckpt.config.get("data"))
     classes = ckpt.config["classes"]
     if list(data.classes) != list(classes):
         raise ValueError(f"{ckpt.path} was trained on the classes {classes}, but {cfg.dataset} ({args.split}) "
@@ -65,8 +94,11 @@ def run(args) -> int:
         data = data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:args.limit]))
     loader = DataLoader(data, args.batch_size, shuffle=False,
                         transform=make_transform(ckpt.config["preprocess"], train=False), dtype=cfg.dtype)
+    top_k = TOP_K if len(classes) > TOP_K else 1
     with use_backend(args.backend):
-        loss, acc, predictions, labels = evaluate_model(model, loader)
+        loss, acc, ranked, labels = evaluate_model(model, loader, top_k=top_k)
+    predictions = ranked[:, 0] if top_k > 1 else ranked
+    top_acc = top_k_accuracy(ranked, labels) if top_k > 1 else None
     cm = confusion_matrix(labels, predictions, len(classes))
     per_class = per_class_accuracy(cm)
 
@@ -76,6 +108,8 @@ def run(args) -> int:
           f"{spec.get('width_mult')}, {len(classes)} classes)")
     print(f"data: {cfg.dataset}, --split {args.split}: {what}, {len(data)} images")
     print(f"accuracy: {100 * acc:.2f}% ({int(np.trace(cm))}/{len(data)}), mean cross-entropy {loss:.4f}")
+    if top_acc is not None:
+        print(f"top-{TOP_K} accuracy: {100 * top_acc:.2f}% (the label among the {TOP_K} most likely classes)")
     print("\nper-class accuracy:")
     width = max(5, max(len(str(c)) for c in classes))
     print(f"  {'class'.ljust(width)}  images  correct  accuracy")
@@ -90,7 +124,7 @@ def run(args) -> int:
     png = plot_confusion(out / f"{stem}_confusion.png", cm, classes,
                          title=f"{cfg.dataset} {args.split}: {100 * acc:.2f}% ({ckpt.path.name})")
     report = {"checkpoint": str(ckpt.path), "dataset": cfg.dataset, "split": args.split, "images": len(data),
-              "accuracy": acc, "loss": loss, "classes": list(classes),
+              "accuracy": acc, f"top{TOP_K}_accuracy": top_acc, "loss": loss, "classes": list(classes),
               "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
               "confusion_matrix": cm.tolist()}
     js = atomic_write_text(out / f"{stem}_evaluation.json", json.dumps(report, indent=2) + "\n")

@@ -124,29 +124,55 @@ def format_confusion(cm: np.ndarray, classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(path, cm: np.ndarray, classes: Sequence[str], title: str = "") -> Path:
-    """The confusion matrix as a PNG heat map with the counts written in the cells."""
+def row_normalised(cm: np.ndarray) -> np.ndarray:
+    """Each row of the confusion matrix over its sum: ``[i, j]`` is the fraction of class ``i``'s images predicted
+    as ``j`` (the diagonal is each class's recall); a class without images gives a row of NaN."""
+    totals = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, cm / np.maximum(totals, 1), np.nan)
+
+
+def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
+    """The confusion matrix as two heat maps side by side, as a matplotlib ``Figure`` (Agg, not shown).
+
+    Left: the counts. Right: each row divided by its total (per true class, so the diagonal is each class's
+    recall and a rare class is as visible as a frequent one), in %. Each has its colour bar; with at most 30
+    classes the numbers are written in the cells.
+    """
     k = len(classes)
     size = min(4 + 0.45 * k, 20)
-    fig = _figure((size, size * 0.9))
-    ax = fig.subplots()
-    im = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    # class names are plain text: "$x$" or "a_b" must not be read as mathtext (parse_math=False)
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0, parse_math=False)
-    ax.set_yticks(range(k), [str(c) for c in classes], parse_math=False)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if k <= 30:
-        threshold = cm.max(initial=0) / 2
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > threshold else "black")
+    fig = _figure((2 * size + 1, size * 0.9))
+    ax_count, ax_norm = fig.subplots(1, 2)
+    norm = 100 * row_normalised(cm)
+    for ax, values, cmap, vmax, label, fmt in (
+            (ax_count, cm, "Blues", max(int(cm.max(initial=0)), 1), "images", lambda v: str(int(v))),
+            (ax_norm, norm, "Greens", 100.0, "% of the true class (row)", lambda v: f"{v:.0f}")):
+        im = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+        # class names are plain text: "$x$" or "a_b" must not be read as mathtext (parse_math=False)
+        ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0, parse_math=False)
+        ax.set_yticks(range(k), [str(c) for c in classes], parse_math=False)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    v = values[i, j]
+                    if np.isnan(v):
+                        continue
+                    ax.text(j, i, fmt(v), ha="center", va="center", fontsize=8,
+                            color="white" if v > vmax / 2 else "black")
+    ax_count.set_title("counts")
+    ax_norm.set_title("normalised per true class (recall on the diagonal)")
     if title:
-        ax.set_title(title, parse_math=False)
+        fig.suptitle(title, parse_math=False)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_confusion(path, cm: np.ndarray, classes: Sequence[str], title: str = "") -> Path:
+    """Write :func:`confusion_figure` (counts and row-normalised) to ``path`` as a PNG; return the path."""
+    return _save_figure(confusion_figure(cm, classes, title), path)
 
 
 def _figure(figsize):

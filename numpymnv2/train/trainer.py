@@ -386,7 +386,7 @@ class Trainer:
         end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
         self._stop_requested = self._force_quit = self._updating = False
         status = "finished"
-        with self._claim_out_dir(), self._deferred_sigint():
+        with self._claim_out_dir(), self._deferred_sigint(), _compilation_notice(self.say):
             try:
                 while self.position["epoch"] < end:
                     if self.stopped_early:
@@ -595,11 +595,49 @@ class Trainer:
         return f"epoch {row['epoch']}/{self.epochs}: {self._postfix(row)} ({row['epoch_time_s']:.1f} s)"
 
 
-def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarray, np.ndarray]:
+COMPILING_MESSAGE = "compiling kernels (first run only: Numba keeps them in its on-disk cache) ..."
+
+
+@contextlib.contextmanager
+def _compilation_notice(say: Callable[[str], None]):
+    """Say :data:`COMPILING_MESSAGE` once, when Numba starts compiling a kernel inside the block.
+
+    A fresh install (or an edited kernel) spends its first step compiling the fast backend's kernels, which
+    would look like a hang. Numba signals a real compilation, not a load from its cache, with the
+    ``"numba:compile"`` event, so a warm cache prints nothing.
+    """
+    try:
+        from numba.core import event
+    except ImportError:             # no Numba, no compilation
+        yield
+        return
+
+    class Notice(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                say(COMPILING_MESSAGE)
+
+        def on_end(self, ev):
+            pass
+
+    with event.install_listener("numba:compile", Notice()):
+        yield
+
+
+def evaluate_model(model, loader, parallel=None, top_k: int = 1) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Evaluate ``model`` in evaluation mode over every batch of ``loader``.
 
     With ``parallel`` (:mod:`numpymnv2.distributed`) each process evaluates its share of every batch, and every
     process gets the results of all images.
+
+    Parameters
+    ----------
+    top_k : int
+        With ``top_k > 1``, ``predictions`` holds each image's ``top_k`` most likely classes instead of one
+        (for top-k accuracy, :func:`top_k_accuracy`).
 
     Returns
     -------
@@ -607,11 +645,13 @@ def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarr
         Mean cross-entropy over the images.
     acc : float
         Fraction of images whose top class is the label.
-    predictions : ndarray of int64, shape (N,)
+    predictions : ndarray of int64, shape (N,), or (N, top_k) with ``top_k > 1``, most likely class first
     labels : ndarray of int64, shape (N,)
 
     The model's previous mode is restored afterwards.
     """
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"evaluate_model: top_k must be a positive integer, got {top_k!r}")
     parallel = parallel if parallel is not None else SingleProcess()
     was_training = getattr(model, "training", False)
     model.eval()
@@ -620,7 +660,7 @@ def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarr
     try:
         for x, y in loader.epoch(0):
             rows = parallel.eval_rows(len(y))
-            preds.append(np.full(len(y), -1, dtype=np.int64))      # -1: another process's image
+            preds.append(np.full((len(y), top_k), -1, dtype=np.int64))      # -1: another process's image
             labels.append(np.asarray(y, dtype=np.int64))
             if rows.stop == rows.start:
                 continue
@@ -634,7 +674,7 @@ def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarr
                 break
             loss, _ = softmax_cross_entropy(logits, y[rows])
             loss_sum += float(loss) * len(logits)
-            preds[-1][rows] = logits.argmax(axis=1)
+            preds[-1][rows] = _ranked_classes(logits, top_k)
     finally:
         model.train(was_training)
     loss_sum, broken = parallel.sum([loss_sum, not finite])
@@ -644,9 +684,27 @@ def evaluate_model(model, loader, parallel=None) -> tuple[float, float, np.ndarr
     n = sum(len(p) for p in preds)
     if n == 0:
         raise ValueError("evaluate: the loader yields no images")
-    predictions = parallel.gather_rows(np.concatenate(preds))
+    ranked = parallel.gather_rows(np.concatenate(preds))
     labels_all = np.concatenate(labels)
-    return loss_sum / n, float((predictions == labels_all).mean()), predictions, labels_all
+    acc = float((ranked[:, 0] == labels_all).mean())
+    return loss_sum / n, acc, (ranked if top_k > 1 else ranked[:, 0]), labels_all
+
+
+def _ranked_classes(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest logits' classes per row, largest first (ties: the lower class first, as ``argmax``);
+    shape (N, C) -> (N, k), padded with -1 (no class) when C < k."""
+    N, C = logits.shape
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :min(k, C)]
+    if C < k:
+        order = np.concatenate([order, np.full((N, k - C), -1, dtype=order.dtype)], axis=1)
+    return order
+
+
+def top_k_accuracy(ranked: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images whose label is among their ranked classes (``ranked``: shape (N, k), from
+    :func:`evaluate_model` with ``top_k = k``)."""
+    ranked = np.asarray(ranked)
+    return float((ranked == np.asarray(labels)[:, None]).any(axis=1).mean())
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numpymnv2.cli import main
-from numpymnv2.experiments.relu_manifold import (METRICS, activate, linear_mask, make_spiral, plot_relu_manifold,
-                                                 reconstruct_active_set, reconstruct_pinv, relative_error, run,
-                                                 run_relu_manifold)
+from numpymnv2.experiments.relu_manifold import (METRICS, activate, linear_mask, make_spiral, pinv_scale,
+                                                 plot_relu_manifold, reconstruct_active_set, reconstruct_pinv,
+                                                 relative_error, relu_manifold_figure, run, run_relu_manifold)
 
 DIMS = (2, 3, 5, 15, 30)
 SEEDS = (0, 1, 2, 3, 4)
@@ -162,6 +162,45 @@ def test_plot_writes_a_readable_png(tmp_path):
     assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 1000
     image = plt.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_figure_labels_its_axes_and_shows_the_mean_beside_the_trial_drawn():
+    result = run_relu_manifold(dims=(2, 5, 30), n_points=200, trials=4)
+    fig = relu_manifold_figure(result)
+    axes = fig.axes
+    summary = axes[len(result.dims) + 1]           # bottom row, first column
+    assert summary.get_xscale() == "log"
+    assert summary.get_xlabel().startswith("d")
+    assert summary.get_ylabel() != ""
+    assert [t.get_text() for t in summary.get_xticklabels()] == ["2", "5", "30"]
+    table = {row["d"]: row for row in result.table()}
+    for j, d in enumerate(result.dims, start=1):
+        pinv_title = axes[j].get_title()
+        active_title = axes[len(result.dims) + 1 + j].get_title()
+        assert f"{result.example_errors[d]['pinv_error']:.3f}" in pinv_title
+        assert f"{table[d]['pinv_error_mean']:.3f} ± {table[d]['pinv_error_std']:.3f}" in pinv_title
+        assert f"{table[d]['active_error_mean']:.3f} ± {table[d]['active_error_std']:.3f}" in active_title
+        assert f"scale {pinv_scale(result.pinv_examples[d], result.spiral):.2f}" in pinv_title
+    assert any("half scale" in t.get_text() for t in fig.texts)
+
+
+def test_pinv_reconstruction_is_half_scale_on_average_but_distorted_at_moderate_d():
+    A, _ = make_spiral(400)
+    for d, shape_error in ((15, 0.3), (1000, 0.1)):
+        rng = np.random.default_rng([7, d])
+        scales, shapes = [], []
+        for _ in range(20):
+            T = rng.standard_normal((d, 2))
+            A_hat = reconstruct_pinv(activate(A @ T.T, "relu"), T)
+            scales.append(pinv_scale(A_hat, A))
+            shapes.append(relative_error(2 * A_hat, A).mean())
+        assert abs(np.mean(scales) - 0.5) < 0.05
+        assert (np.mean(shapes) > shape_error) == (d == 15)
+
+
+def test_identity_figure_has_no_half_scale_note():
+    fig = relu_manifold_figure(run_relu_manifold(dims=(3,), n_points=50, trials=1, activation="identity"))
+    assert not any("half scale" in t.get_text() for t in fig.texts)
 
 
 def test_cli_writes_png_and_json(tmp_path, capsys):

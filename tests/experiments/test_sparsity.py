@@ -6,7 +6,8 @@ import pytest
 
 import numpymnv2 as mn
 from numpymnv2.cli import main
-from numpymnv2.experiments.sparsity import depthwise_kernels, depthwise_sparsity, format_table, load_state
+from numpymnv2.experiments.sparsity import (depthwise_kernels, depthwise_sparsity, format_table, load_state,
+                                            sparsity_figure)
 from numpymnv2.models import save_weights
 
 DW = "features.3.conv.1.0"          # 24 -> 48 -> 24 at width 0.35 (make_divisible(8 * 6) = 48 channels)
@@ -140,3 +141,14 @@ def test_command_writes_table_json_and_png(model, tmp_path, capsys):
 def test_command_reports_a_missing_file(tmp_path, capsys):
     assert main(["sparsity", "--checkpoint", str(tmp_path / "nope.npz"), "--out", str(tmp_path)]) == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+def test_figure_labels_each_layer_with_its_full_name(model):
+    report = depthwise_sparsity(model)
+    fig = sparsity_figure({"a": report, "b": report}, title="t")
+    top, bottom = fig.axes[:2]
+    labels = [t.get_text() for t in bottom.get_xticklabels()]
+    assert labels == [layer.name for layer in report.layers]
+    assert DW in labels and labels[0].startswith("features.")
+    assert bottom.get_yscale() == "log" and bottom.get_ylabel() and top.get_ylabel()
+    assert top.get_title() == "t"

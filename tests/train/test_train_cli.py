@@ -3,6 +3,7 @@ import json
 import os
 import shlex
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,7 @@ def test_train_writes_every_file_and_says_what_it_did(tmp_path, capsys):
     assert ckpt.config["preprocess"]["resolution"] == 32 and ckpt.config["classes"] == [str(d) for d in range(10)]
     test = json.loads((out / "metrics.json").read_text())["test"]
     assert test["images"] == 48 and f"{100 * test['acc']:.2f}% ({test['correct']}/48" in stdout
+    assert test["acc"] <= test["top5_acc"] and f"; top-5 accuracy {100 * test['top5_acc']:.2f}%" in stdout
 
 
 def test_validation_is_held_out_of_the_train_split_and_the_test_split_is_read_only_at_the_end(
@@ -79,7 +81,11 @@ def test_validation_is_held_out_of_the_train_split_and_the_test_split_is_read_on
     argv = _printed_command(stdout, "evaluate: ")
     assert argv[-2:] == ["--split", "test"]
     assert main(argv) == 0
-    assert "--split test: test split, 300 images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--split test: test split, 300 images" in printed
+    report = json.loads((out / "last_test_evaluation.json").read_text())
+    assert report["accuracy"] <= report["top5_accuracy"] <= 1
+    assert f"top-5 accuracy: {100 * report['top5_accuracy']:.2f}%" in printed
     for split, n in (("train", 40), ("val", 40)):
         assert main(["evaluate", "--checkpoint", str(out / "last.npz"), "--split", split]) == 0
         report = json.loads((out / f"last_{split}_evaluation.json").read_text())
@@ -298,3 +304,24 @@ def test_a_flat_image_folder_holds_out_validation_and_evaluate_scores_every_spli
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data" / "blue" / "extra.png")
     assert main(["evaluate", "--checkpoint", str(out), "--split", "val"]) == 2
     assert "has 21 images now but had 20 when the run trained" in capsys.readouterr().err
+
+
+def test_output_to_a_file_gets_one_line_per_epoch_not_progress_bars(tmp_path):
+    """Redirected (not a terminal), the command writes the run's description, one line per epoch and the
+    summary: no progress-bar frames."""
+    import subprocess
+    import sys
+    log = tmp_path / "train.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "numpymnv2", "train", "--out", str(tmp_path / "run"), "--epochs", "3",
+            *[a for a in TINY if a != "--no-progress"]]
+    with open(log, "w") as f:
+        assert subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600).returncode == 0
+    text = log.read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "it/s" not in text and "batch/s" not in text
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3",
+                                                                                   "epoch 3/3"]
+    assert len(lines) <= 15 and len(text) < 3000
+    assert any(line.startswith("test accuracy of the final model") for line in lines)

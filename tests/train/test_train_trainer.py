@@ -195,3 +195,30 @@ def test_metrics_jsonl_has_one_line_per_epoch_and_restarts_from_the_checkpoint(m
     resumed.fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == history
+
+
+def test_says_once_that_numba_is_compiling_and_nothing_on_a_warm_cache(make_trainer, tmp_path):
+    """A real compilation (a fresh, uncached function) inside the run prints the notice once; a run whose
+    kernels are all compiled already prints no such line."""
+    from numba import njit
+
+    from numpymnv2.train.trainer import COMPILING_MESSAGE
+
+    messages = []
+    trainer = make_trainer(tmp_path / "a", epochs=1, log=messages.append)
+    step = trainer.train_step
+    fresh = [njit(lambda x: x + 1), njit(lambda x: x * 2)]        # compiled on first call, never cached
+
+    def compiling_step(x, y):
+        if fresh:
+            fresh.pop()(1.0)
+        return step(x, y)
+
+    trainer.train_step = compiling_step
+    trainer.fit()
+    assert messages.count(COMPILING_MESSAGE) == 1
+    assert messages.index(COMPILING_MESSAGE) < next(i for i, m in enumerate(messages) if m.startswith("epoch 1/1"))
+
+    quiet = []
+    make_trainer(tmp_path / "b", epochs=1, log=quiet.append).fit()
+    assert COMPILING_MESSAGE not in quiet
