@@ -1,7 +1,7 @@
 """``numpymnv2 export SOURCE OUT.onnx``: a trained model as an ONNX file, checked in onnxruntime.
 
 ``SOURCE`` is a training checkpoint (``.npz`` from ``numpymnv2 train``, or a run folder meaning its
-``last.npz``) or a weights file (``numpymnv2.models.save_weights``, ``numpymnv2 convert``). A checkpoint and a
+``last.npz``; also one written by ``numpymnv2 convert``) or a weights file (``numpymnv2.models.save_weights``). A checkpoint and a
 weights file written by numpymnv2 describe their own architecture; ``--arch``, ``--width`` and ``--num-classes``
 are needed only for a weights file without that record, and must agree with it when given. The graph is built by
 :func:`numpymnv2.interop.onnx.to_onnx`; see that module for what it computes.
@@ -149,8 +149,8 @@ def load_source(path, arch=None, width=None, num_classes=None):
         _agree(model.config, arch, width, num_classes, ckpt.path)
         return model, ckpt.config["preprocess"], ckpt.config["classes"], "checkpoint"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-        raise ValueError(f"{p} is a PyTorch file (torch.save); convert it to numpymnv2 weights first: numpymnv2 "
-                         f"convert {p} weights.npz --width W, then numpymnv2 export weights.npz OUT.onnx")
+        raise ValueError(f"{p} is a PyTorch file (torch.save); convert it to a numpymnv2 checkpoint first: "
+                         f"numpymnv2 convert {p} model.npz, then numpymnv2 export model.npz OUT.onnx")
     state, config = read_weights(p)
     if config is not None:
         _agree(config, arch, width, num_classes, p)

@@ -92,6 +92,72 @@ def _as_numpy(key, value) -> np.ndarray:
         raise TypeError(f"from_torchvision: {key}: cannot convert a {type(value).__name__} to an array") from exc
 
 
+# Widths tried by infer_width_mult, the usual ones first: any width that gives a state_dict's channel counts
+# builds the same network, so the first that fits is reported.
+_COMMON_WIDTHS = (1.0, 0.75, 0.5, 0.35, 1.4, 1.3, 0.25, 0.1, 1.25, 1.5, 2.0)
+_WIDTH_GRID = _COMMON_WIDTHS + tuple(round(0.05 * i, 2) for i in range(1, 81)) + \
+    tuple(round(0.01 * i, 2) for i in range(1, 401))
+
+
+def _channel_counts(width_mult: float) -> tuple:
+    """Channels of the stem, of each row of the paper's table and of the last layer, at ``width_mult``."""
+    from numpymnv2.models.mobilenetv2 import DEFAULT_SETTING, make_divisible
+    return ((make_divisible(32 * width_mult),) + tuple(make_divisible(c * width_mult) for _, c, _, _ in DEFAULT_SETTING)
+            + (make_divisible(1280 * max(1.0, width_mult)),))
+
+
+def state_channel_counts(state) -> tuple:
+    """The same channel counts read from a torchvision ``mobilenet_v2`` state_dict's weight shapes."""
+    from numpymnv2.models.mobilenetv2 import DEFAULT_SETTING
+    keys = ["features.0.0.weight"]
+    block = 0
+    for t, _, n, _ in DEFAULT_SETTING:
+        block += n                      # the last block of the row has the row's output channels
+        keys.append(f"features.{block}.conv.{1 if t == 1 else 2}.weight")
+    keys.append(f"features.{block + 1}.0.weight")
+    missing = [k for k in keys if k not in state or len(getattr(state[k], "shape", ())) < 1]
+    if missing:
+        raise ValueError(f"not a torchvision MobileNetV2 state_dict (paper table): no {', '.join(missing[:3])}"
+                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    return tuple(int(state[k].shape[0]) for k in keys)
+
+
+def infer_width_mult(state) -> float:
+    """The width multiplier of a torchvision ``mobilenet_v2`` state_dict, from its channel counts.
+
+    ``make_divisible`` rounds channels to multiples of 8, so several widths can build the same network (0.5
+    and 0.55); the most usual of them is returned (1.0, 0.75, 0.5, 0.35, 1.4, ... before the others).
+
+    Raises
+    ------
+    ValueError
+        A key is missing, or no width in 0.01 steps up to 4 gives these channel counts.
+    """
+    observed = state_channel_counts(state)
+    for width in _WIDTH_GRID:
+        if _channel_counts(width) == observed:
+            return width
+    raise ValueError(f"no width multiplier gives the channel counts of this state_dict (stem, rows, last layer: "
+                     f"{observed}); is it a MobileNetV2 with torchvision's table?")
+
+
+def check_width_mult(state, width_mult: float) -> None:
+    """A ``ValueError`` naming the width that fits when ``width_mult`` does not build ``state``'s channels."""
+    observed = state_channel_counts(state)
+    if _channel_counts(width_mult) != observed:
+        raise ValueError(f"--width {width_mult:g} does not fit the weights: it gives {_channel_counts(width_mult)} "
+                         f"channels (stem, the table's rows, last layer), the file has {observed}, which width "
+                         f"{infer_width_mult(state):g} gives; leave --width out to use that")
+
+
+def strip_ddp_prefix(state: dict) -> tuple[dict, bool]:
+    """``(state, stripped)``: without the ``module.`` that ``DistributedDataParallel``/``DataParallel`` put before
+    every key (only when every key has it)."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}, True
+    return state, False
+
+
 def from_torchvision(state_dict, num_classes: int = 1000, width_mult: float = 1.0, dtype="float32",
                      **model_kwargs):
     """Build a :class:`~numpymnv2.models.MobileNetV2` from a torchvision ``mobilenet_v2`` state_dict.

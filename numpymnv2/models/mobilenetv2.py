@@ -43,37 +43,7 @@ DEFAULT_SETTING = (
 # 8x instead of 32x, so the last feature map is 4x4 rather than 1x1.
 CIFAR_SETTING = ((1, 16, 1, 1),) + ((6, 24, 2, 1),) + DEFAULT_SETTING[2:]
 
-# The stride layouts every command offers as ``--arch`` (train, summary, gradcheck, ablate, export): one table,
-# so the verbs cannot drift apart. name -> (stem_stride, inverted_residual_setting, what it is, for --help)
-ARCHS = {
-    "imagenet": (2, DEFAULT_SETTING, "the paper's and torchvision's strides (32x downsampling: a 224 px image ends "
-                                     "at 7x7, a 32 px one at 1x1)"),
-    "small": (1, DEFAULT_SETTING, "the stem at stride 1 (16x: a 32 px image ends at 2x2)"),
-    "cifar": (1, CIFAR_SETTING, "the stem and the 24-channel stage at stride 1 (8x: a 32 px image ends at 4x4; "
-                                "slowest)"),
-}
-
 MIN_RESOLUTION = 32
-
-
-def arch_kwargs(arch: str) -> dict:
-    """The MobileNetV2 arguments of an ``--arch`` name: ``{"stem_stride": ..., "inverted_residual_setting": ...}``.
-
-    >>> MobileNetV2(num_classes=10, width_mult=0.35, **arch_kwargs("small"))   # what `numpymnv2 train` builds
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    stem_stride, setting, _ = ARCHS[arch]
-    return {"stem_stride": stem_stride, "inverted_residual_setting": [list(row) for row in setting]}
-
-
-def arch_of(config: dict) -> str | None:
-    """The ``--arch`` name whose strides a ``MobileNetV2.config`` (or checkpoint model record) has; None if custom."""
-    rows = [list(r) for r in config.get("inverted_residual_setting") or DEFAULT_SETTING]
-    for name, (stem_stride, setting, _) in ARCHS.items():
-        if config.get("stem_stride", 2) == stem_stride and rows == [list(r) for r in setting]:
-            return name
-    return None
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -370,3 +340,34 @@ def validate_setting(setting) -> tuple:
         out.append(tuple(check_hyperparameter(v, f"entry {name!r} of inverted_residual_setting row {i}", where)
                          for v, name in zip(row, "tcns")))
     return tuple(out)
+
+
+# The stride layouts every command offers as ``--arch`` (train, summary, gradcheck, ablate, export): one table,
+# so the verbs cannot drift apart. name -> (stem_stride, inverted_residual_setting, what it is, for --help)
+ARCHS = {
+    "imagenet": (2, DEFAULT_SETTING, "the paper's and torchvision's strides (32x downsampling: a 224 px image ends "
+                                     "at 7x7, a 32 px one at 1x1)"),
+    "small": (1, DEFAULT_SETTING, "the stem at stride 1 (16x: a 32 px image ends at 2x2)"),
+    "cifar": (1, CIFAR_SETTING, "the stem and the 24-channel stage at stride 1 (8x: a 32 px image ends at 4x4; "
+                                "slowest)"),
+}
+
+
+def arch_kwargs(arch: str) -> dict:
+    """The MobileNetV2 arguments of an ``--arch`` name: ``{"stem_stride": ..., "inverted_residual_setting": ...}``.
+
+    >>> MobileNetV2(num_classes=10, width_mult=0.35, **arch_kwargs("small"))   # what `numpymnv2 train` builds
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    stem_stride, setting, _ = ARCHS[arch]
+    return {"stem_stride": stem_stride, "inverted_residual_setting": [list(row) for row in setting]}
+
+
+def arch_of(config: dict) -> str | None:
+    """The ``--arch`` name whose strides a ``MobileNetV2.config`` (or checkpoint model record) has; None if custom."""
+    rows = [list(r) for r in config.get("inverted_residual_setting") or DEFAULT_SETTING]
+    for name, (stem_stride, setting, _) in ARCHS.items():
+        if config.get("stem_stride", 2) == stem_stride and rows == [list(r) for r in setting]:
+            return name
+    return None

@@ -27,7 +27,9 @@ def configure_parser(parser) -> None:
                              "on (the checkpoint stores which; val is a held-out part of the train split unless "
                              "the run had --val-fraction 0) (default: test)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="where the dataset's files are, if not where training found them")
+                        help="where the dataset's files are, if not where training found them; for a checkpoint "
+                             "without a training run (numpymnv2 convert), an image folder with one sub-folder per "
+                             "class")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate a random subset of at most N images")
     parser.add_argument("--batch-size", type=int, default=256,
@@ -36,6 +38,29 @@ def configure_parser(parser) -> None:
                         help="where to write the confusion matrix PNG and JSON (default: the checkpoint's folder)")
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
                         help="the Numba kernels or the readable NumPy code (default: fast)")
+
+
+def image_folder_for(ckpt, data_dir, split: str):
+    """``(cfg, dataset, description)`` for a checkpoint that records no training run (``numpymnv2 convert``):
+    the image folder ``data_dir``, its test/ (or val/) part if it has one, else every image of its class
+    sub-folders, resized to the checkpoint's resolution."""
+    from numpymnv2.data.folder import SPLIT_FOLDERS
+    from numpymnv2.train.config import TrainConfig, load_split
+
+    if data_dir is None:
+        raise ValueError(f"{ckpt.path} records no training run (converted weights?), so there is no dataset to "
+                         f"read: pass --data-dir DIR, an image folder with one sub-folder of images per class named "
+                         f"as the checkpoint's classes (or DIR/test/<class>/)")
+    if split != "test":
+        raise ValueError(f"--split {split}: {ckpt.path} records no training run, so it has no {split} images; "
+                         f"--split test scores the folder --data-dir")
+    pre = ckpt.config["preprocess"]
+    cfg = TrainConfig(dataset="folder", data_dir=str(data_dir), resolution=int(pre["resolution"]),
+                      dtype=pre["dtype"], val_fraction=0)
+    root = Path(data_dir).expanduser()
+    if any((root / s).is_dir() for s in SPLIT_FOLDERS):
+        return cfg, load_split(cfg, "test"), f"the test/ (or val/) images of {root}"
+    return cfg, load_split(cfg, "train"), f"every image in the class sub-folders of {root}"
 
 
 def run(args) -> int:
@@ -55,11 +80,12 @@ def run(args) -> int:
     model, ckpt = load_trained_model(args.checkpoint)
     saved = dict(ckpt.config.get("train") or {})
     if "dataset" not in saved:
-        raise ValueError(f"{ckpt.path}: the checkpoint does not say which dataset it was trained on")
-    if args.data_dir is not None:
-        saved["data_dir"] = args.data_dir
-    cfg = TrainConfig.from_dict(saved)
-    data, what = load_evaluation_split(cfg, args.split, ckpt.split, ckpt.config.get("data"))
+        cfg, data, what = image_folder_for(ckpt, args.data_dir, args.split)
+    else:
+        if args.data_dir is not None:
+            saved["data_dir"] = args.data_dir
+        cfg = TrainConfig.from_dict(saved)
+        data, what = load_evaluation_split(cfg, args.split, ckpt.split, ckpt.config.get("data"))
     classes = ckpt.config["classes"]
     if list(data.classes) != list(classes):
         raise ValueError(f"{ckpt.path} was trained on the classes {classes}, but {cfg.dataset} ({args.split}) "

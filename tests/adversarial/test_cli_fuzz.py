@@ -199,7 +199,8 @@ def test_sparsity(inputs, extra, checkpoint):
 
 
 CONVERT = {"--width": ["1", "0", "nan", "-1", "x"], "--num-classes": ["0", "3", "-1", "x"],
-           "--dtype": ["float32", "float64", "x"]}
+           "--dtype": ["float32", "float64", "x"], "--arch": ["imagenet", "small", "x"], "--classes": FILES,
+           "--resolution": ["224", "16", "x"]}
 
 
 @settings(max_examples=examples(15), deadline=None, suppress_health_check=SLOW_OK)

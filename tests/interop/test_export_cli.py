@@ -124,7 +124,7 @@ def test_bad_sources(tmp_path, capsys):
         z.writestr("model/data.pkl", b"\x80\x02}q\x00.")
         z.writestr("model/version", b"3\n")
     assert main(["export", str(pth), str(tmp_path / "m.onnx")]) == 2
-    assert "PyTorch file (torch.save); convert it to numpymnv2 weights first: numpymnv2 convert" in \
+    assert "PyTorch file (torch.save); convert it to a numpymnv2 checkpoint first: numpymnv2 convert" in \
         capsys.readouterr().err
     text = tmp_path / "notes.npz"
     text.write_text("not an archive")

@@ -1,4 +1,5 @@
 """torchvision layouts and keys without torch, and the ``numpymnv2 convert`` command."""
+import importlib.util
 import os
 import sys
 
@@ -98,27 +99,76 @@ def test_mismatched_state_dicts_name_the_key(model):
 
 def test_convert_command(tmp_path, model, capsys):
     torch = pytest.importorskip("torch")
+    from numpymnv2.train import load_trained_model
     pth = tmp_path / "mnv2.pth"
     torch.save({k: torch.from_numpy(v) for k, v in to_torchvision(model).items()}, pth)
-    out = tmp_path / "weights.npz"
-    assert main(["convert", str(pth), str(out), "--width", "0.35"]) == 0
-    assert "num_classes=10" in capsys.readouterr().out
-    loaded = load_weights(out)
-    assert loaded.config["width_mult"] == 0.35 and loaded.num_classes == 10
+    out = tmp_path / "converted.npz"
+    assert main(["convert", str(pth), str(out)]) == 0                  # width and classes read from the shapes
+    printed = capsys.readouterr().out
+    assert "width_mult=0.35 (read from the channel counts), num_classes=10, arch imagenet: stem stride 2" in printed
+    assert "classes 0 to 9" in printed and f"next: numpymnv2 predict --checkpoint {out} IMAGE" in printed
+    loaded, ckpt = load_trained_model(out)
+    assert loaded.config == {**model.config, "dropout": loaded.config["dropout"]} and loaded.num_classes == 10
+    assert ckpt.config["preprocess"]["mean"] == [0.485, 0.456, 0.406] and ckpt.config["preprocess"]["resolution"] == 224
+    assert ckpt.config["classes"] == [str(k) for k in range(10)]
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v)
     wrapped = tmp_path / "checkpoint.pth"
     torch.save({"state_dict": torch.load(pth, weights_only=True), "epoch": 3}, wrapped)
     assert main(["convert", str(wrapped), str(tmp_path / "w2.npz"), "--width", "0.35"]) == 0
 
-    assert main(["convert", str(pth), str(tmp_path / "bad.npz"), "--width", "0.5"]) == 2
-    assert "features.3.conv.0.0.weight" in capsys.readouterr().err
+    assert main(["convert", str(pth), str(tmp_path / "bad.npz"), "--width", "0.5"]) == 2   # contradicts the shapes
+    assert "--width 0.5 does not fit the weights" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.npz")]) == 2
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")
     assert main(["convert", str(garbage), str(tmp_path / "x.npz")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("width", [0.5, 0.75, 1.0, 1.4, 0.1])
+def test_the_width_is_read_from_the_channel_counts(width):
+    from numpymnv2.interop.torchvision import infer_width_mult
+    assert infer_width_mult(to_torchvision(MobileNetV2(num_classes=3, width_mult=width))) == width
+
+
+def test_a_converted_ddp_file_is_a_checkpoint_every_command_takes(tmp_path, capsys):
+    """DDP's module. prefix, class names, --arch; then predict, evaluate, summary and export read the file."""
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+    small = MobileNetV2(num_classes=3, width_mult=0.25, seed=5, stem_stride=1)
+    pth = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": torch.from_numpy(v) for k, v in to_torchvision(small).items()}, pth)
+    (tmp_path / "classes.txt").write_text("cat\ndog\n\nfox\n")
+    out = tmp_path / "model.npz"
+    assert main(["convert", str(pth), str(out), "--classes", str(tmp_path / "classes.txt"), "--arch", "small",
+                 "--resolution", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed DistributedDataParallel's 'module.' key prefix" in printed and "arch small" in printed
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog", "fox"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    assert main(["predict", "--checkpoint", str(out), "--json", str(tmp_path / "photos" / "dog")]) == 0
+    import json
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["predictions"]) == 2 and {t["class"] for t in report["predictions"][0]["top"]} == {"cat", "dog", "fox"}
+    assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(tmp_path / "photos"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert "every image in the class sub-folders" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out)]) == 2
+    assert "pass --data-dir DIR" in capsys.readouterr().err
+    assert main(["summary", "--checkpoint", str(out)]) == 0
+    assert "input 64x64x3" in capsys.readouterr().out
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        assert main(["export", str(out), str(tmp_path / "model.onnx"), "--preprocess"]) == 0
+        assert "checked: onnxruntime vs numpymnv2" in capsys.readouterr().out
+    (tmp_path / "few.txt").write_text("a\nb\n")
+    assert main(["convert", str(pth), str(tmp_path / "x.npz"), "--classes", str(tmp_path / "few.txt")]) == 2
+    assert "names 2 classes, but the classifier has 3 outputs" in capsys.readouterr().err
 
 
 def test_convert_keeps_its_source_and_writes_ordinary_files(tmp_path, model, capsys):
@@ -129,7 +179,7 @@ def test_convert_keeps_its_source_and_writes_ordinary_files(tmp_path, model, cap
     assert main(["convert", str(pth), str(pth), "--width", "0.35"]) == 2
     assert "is the source file itself" in capsys.readouterr().err and pth.read_bytes() == before
     out = tmp_path / "w.npz"
-    assert main(["convert", str(pth), str(out), "--width", "0.35"]) == 0
+    assert main(["convert", str(pth), str(out)]) == 0
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
