@@ -14,6 +14,7 @@ Exit status, the same for every verb:
       output path that cannot be used (a file, not writable, a run folder in use by another run), work that
       would need more memory than the machine has
 130   interrupted (Ctrl-C)
+141   the reader of the output went away (``numpymnv2 summary | head``): the rest is dropped quietly
 ====  ===================================================================================================
 
 Every expected failure ends in one line, ``numpymnv2 VERB: error: ...``, on stderr. A traceback means a bug in
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 # name -> (module that implements it, one-line help)
@@ -42,7 +44,7 @@ COMMANDS = {
 }
 
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 _DEBUG_HELP = "on an error, show the full traceback instead of one line"
 
 # errors of the operating system that mean "this path cannot be used as given" rather than "the work failed"
@@ -54,7 +56,8 @@ def build_parser(argv) -> tuple[argparse.ArgumentParser, object]:
     parser = argparse.ArgumentParser(prog="numpymnv2", description="MobileNetV2 in NumPy: train, inspect, "
                                      "check gradients and run the paper's experiments.",
                                      epilog="Exit status: 0 success, 1 the work failed (divergence, disk full, "
-                                            "out of memory, ...), 2 bad options or input, 130 interrupted.")
+                                            "out of memory, ...), 2 bad options or input, 130 interrupted, 141 output "
+                                            "pipe closed.")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     parser.add_argument("--version", action="version", version=f"numpymnv2 {_version()}",
                         help="print the version of numpymnv2 and exit")
@@ -88,12 +91,20 @@ def main(argv=None) -> int:
         if args.command != "train":     # the one data-parallel command (numpymnv2.distributed)
             from numpymnv2.distributed import require_one_process
             require_one_process(args.command)
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()      # inside the try: a closed pipe found by the last flush is handled below
+        return status
     except KeyboardInterrupt:
         if args.debug:
             raise
         print(f"numpymnv2 {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if args.debug:
+            raise
+        # stdout's reader closed the pipe: point stdout at /dev/null so the flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:        # MemoryError included
         status = exit_status(exc)
         if status is None or args.debug:

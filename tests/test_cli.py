@@ -1,6 +1,8 @@
 """The ``numpymnv2`` command as a whole: one vocabulary across verbs, help for every option, ``--version``."""
 import argparse
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -96,3 +98,13 @@ def test_summary_of_a_checkpoint_prints_the_trained_model(tmp_path, capsys):
     assert f"total parameters {model.num_parameters():,}" in out and "5x5x1280" in out   # 40 px / 8
     assert main(["summary", "--checkpoint", str(path), "--width", "1.0"]) == 2
     assert "--width 1.0 (the file has 0.5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["summary"], ["summary", "--arch", "small", "--width", "0.35", "--resolution", "32"]])
+def test_a_closed_pipe_ends_quietly_with_141(argv):
+    # `numpymnv2 summary | head -1`, with the reader gone before the first write: no error line, no traceback
+    proc = subprocess.Popen([sys.executable, "-m", "numpymnv2", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -151,6 +151,20 @@ def resize_image(im, size):
     return im.resize((W, H), Image.BOX if shrinks else Image.BILINEAR)
 
 
+def center_crop(im, fraction: float):
+    """The central ``fraction`` of ``im``'s width and height (at least one pixel each): torchvision's
+    ``Resize(256)`` then ``CenterCrop(224)`` is ``center_crop(im, 224 / 256)`` before resizing to 224."""
+    fraction = float(fraction)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"center_crop must be a fraction in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return im
+    w, h = im.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return im.crop((left, top, left + cw, top + ch))
+
+
 def fit_aspect(im, size, mode: str = "crop"):
     """``(image, note)``: ``im`` cut or padded to the aspect ratio of ``size = (width, height)``, before
     :func:`resize_image` brings it to that size.

@@ -66,14 +66,18 @@ def load_torch_state_dict(path, max_bytes: int = MAX_PTH_BYTES) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}
 
 
-# torchvision's ImageNet preprocessing (transforms.Normalize of its pretrained weights), at 224x224
+# torchvision's ImageNet evaluation preprocessing of its pretrained weights: Resize(256), CenterCrop(224) (the
+# central 224/256 of the short side), Normalize(mean, std)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_CENTER_CROP = 224 / 256
 
 
 def imagenet_preprocess(resolution: int = 224, dtype: str = "float32") -> dict:
-    """The preprocessing record of a torchvision ImageNet model: RGB at ``resolution``, ImageNet mean and std."""
+    """The preprocessing record of a torchvision ImageNet model: RGB at ``resolution``, the central 87.5% of the
+    image kept (as ``Resize(256)`` then ``CenterCrop(224)``), ImageNet mean and std."""
     return {"image_size": [resolution, resolution], "channels": 3, "resolution": resolution,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dtype": dtype, "crop_padding": 0, "flip": False}
+            "center_crop": IMAGENET_CENTER_CROP, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "dtype": dtype, "crop_padding": 0, "flip": False}
 
 
 def read_class_names(path) -> list[str]:
@@ -139,8 +143,8 @@ def run(args) -> int:
           + ("; removed DistributedDataParallel's 'module.' key prefix" if stripped else ""))
     print(f"MobileNetV2 width_mult={width} ({width_from}), num_classes={model.num_classes}, arch {args.arch}: "
           f"{strides}")
-    print(f"wrote {path}: a numpymnv2 checkpoint with ImageNet preprocessing ({args.resolution}x{args.resolution} "
-          f"RGB, mean {', '.join(map(str, IMAGENET_MEAN))}, std {', '.join(map(str, IMAGENET_STD))}); classes "
+    print(f"wrote {path}: a numpymnv2 checkpoint with ImageNet preprocessing (central 87.5%, "
+          f"{args.resolution}x{args.resolution} RGB, mean {', '.join(map(str, IMAGENET_MEAN))}, std {', '.join(map(str, IMAGENET_STD))}); classes "
           f"{classes_from}")
     print(f"next: numpymnv2 predict --checkpoint {path} IMAGE ...")
     return 0

@@ -71,16 +71,18 @@ def load_image(path, preprocess: dict, resize: str = "crop") -> tuple[np.ndarray
     ----------
     path : str or Path
     preprocess : dict
-        A checkpoint's ``config["preprocess"]`` (``image_size``, ``channels``, ...).
+        A checkpoint's ``config["preprocess"]`` (``image_size``, ``channels``, ...; ``center_crop``, the share
+        of width and height kept around the centre, 0.875 for torchvision's ImageNet models, 1 if absent).
     resize : {"crop", "pad", "squash"}
-        How an image of another aspect ratio is fitted (:func:`numpymnv2.data.images.fit_aspect`).
+        How an image of another aspect ratio is fitted (:func:`numpymnv2.data.images.fit_aspect`); with
+        ``crop`` the ``center_crop`` share is then cut out, as torchvision's ``Resize`` + ``CenterCrop``.
 
     Raises
     ------
     FileNotFoundError, IsADirectoryError, PermissionError, ValueError
         As :func:`numpymnv2.data.images.open_image`.
     """
-    from numpymnv2.data.images import fit_aspect, open_image, resize_image
+    from numpymnv2.data.images import center_crop, fit_aspect, open_image, resize_image
     H, W = preprocess["image_size"]
     mode = "L" if preprocess["channels"] == 1 else "RGB"
     p = Path(path)
@@ -88,6 +90,8 @@ def load_image(path, preprocess: dict, resize: str = "crop") -> tuple[np.ndarray
         raise FileNotFoundError(f"image {p} does not exist")
     im = open_image(p, mode)        # every Pillow mode converted alike (16-bit scaled, alpha composited, ...)
     im, note = fit_aspect(im, (W, H), resize)
+    if resize == "crop":
+        im = center_crop(im, preprocess.get("center_crop", 1.0))
     x = np.asarray(resize_image(im, (W, H)), dtype=np.uint8)
     return (x[..., None] if x.ndim == 2 else x), [note] if note else []
 

@@ -110,6 +110,7 @@ def test_convert_command(tmp_path, model, capsys):
     loaded, ckpt = load_trained_model(out)
     assert loaded.config == {**model.config, "dropout": loaded.config["dropout"]} and loaded.num_classes == 10
     assert ckpt.config["preprocess"]["mean"] == [0.485, 0.456, 0.406] and ckpt.config["preprocess"]["resolution"] == 224
+    assert ckpt.config["preprocess"]["center_crop"] == 224 / 256        # torchvision's Resize(256), CenterCrop(224)
     assert ckpt.config["classes"] == [str(k) for k in range(10)]
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v)

@@ -150,3 +150,19 @@ def test_json_to_stdout_matches_predict_proba(checkpoint, digits_test, tmp_path,
     assert "not allowed with argument" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(checkpoint), "--output", paths[0], paths[0]]) == 2
     assert "is the source file itself" in capsys.readouterr().err
+
+
+def test_center_crop_keeps_the_central_share_as_torchvision_resize_then_center_crop(tmp_path):
+    # a 16x16 image whose one-pixel border is white: keeping the central 14/16 = 0.875 cuts exactly the border
+    x = np.zeros((16, 16), np.uint8)
+    x[0, :] = x[-1, :] = x[:, 0] = x[:, -1] = 255
+    path = save(tmp_path / "framed.png", x)
+    pre = {"image_size": [14, 14], "channels": 1}
+    kept, _ = load_image(path, dict(pre, center_crop=0.875))
+    assert kept.shape == (14, 14, 1) and kept.max() == 0
+    whole, _ = load_image(path, pre)                    # no center_crop: the whole image, the border shrunk in
+    assert whole[0].min() > 0 and whole[:, 0].min() > 0
+    padded, _ = load_image(path, dict(pre, center_crop=0.875), resize="pad")    # crop only with --resize crop
+    assert padded[0].min() > 0
+    with pytest.raises(ValueError, match=r"center_crop must be a fraction in \(0, 1\], got 1.5"):
+        load_image(path, dict(pre, center_crop=1.5))
