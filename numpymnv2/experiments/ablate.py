@@ -348,7 +348,9 @@ def ablation_figure(result: dict):
     whole numbers; the loss axis is labelled with plain numbers (0.1, 0.2, 0.5, ...) rather than powers of 10.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
+
+    from numpymnv2.train.metrics import readable_log_ticks
 
     variants = list(result["summary"])
     panels = [(title, [BASELINE, other]) for title, other in COMPARISONS
@@ -376,7 +378,7 @@ def ablation_figure(result: dict):
         loss_ax = axes[1, j]
         loss_ax.set_ylabel("training loss (log scale)", fontsize=8)
         loss_ax.set_yscale("log")
-        _readable_log_ticks(loss_ax, np.concatenate([c.ravel() for c in losses]), LogLocator, NullFormatter)
+        readable_log_ticks(loss_ax, np.concatenate([c.ravel() for c in losses]))
         loss_ax.set_xlabel("epoch", fontsize=8)
         axes[0, j].legend(fontsize=7, loc="lower right")
         for ax in axes[:, j]:
@@ -388,17 +390,6 @@ def ablation_figure(result: dict):
                  f"{s['epochs']} epochs, mean over seeds {s['seeds']} (band: min to max)", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def _readable_log_ticks(ax, values, LogLocator, NullFormatter) -> None:
-    """Label a log axis at 1, 2 and 5 times the powers of 10 in plain numbers (``0.05``, not ``5x10^-2``);
-    a range of less than a decade would otherwise show a single label, or none."""
-    finite = values[np.isfinite(values) & (values > 0)]
-    decades = np.log10(finite.max() / finite.min()) if finite.size else 0.0
-    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0)
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
-    ax.yaxis.set_major_formatter(lambda y, pos: f"{y:g}")
-    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_curves(result: dict, path) -> Path:

@@ -66,8 +66,17 @@ def _csv_value(v):
     return repr(v) if isinstance(v, float) else v
 
 
-def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
-    """Loss and accuracy against epoch, training and validation, as a PNG; None when there is no history."""
+def plot_curves(path, history: Sequence[dict], title: str = "", label_smoothing: float = 0.0) -> Path | None:
+    """Loss and accuracy against epoch, training and validation, as a PNG; None when there is no history.
+
+    With ``label_smoothing`` the training loss is the smoothed one (it cannot fall below the smoothing's
+    entropy, so it stays above the plain validation cross-entropy) and its legend says so."""
+    fig = curves_figure(history, title, label_smoothing)
+    return None if fig is None else _save_figure(fig, path)
+
+
+def curves_figure(history: Sequence[dict], title: str = "", label_smoothing: float = 0.0):
+    """The figure of :func:`plot_curves` (a matplotlib ``Figure``, Agg); None when there is no history."""
     if not history:
         return None
     from matplotlib.ticker import MaxNLocator
@@ -75,6 +84,7 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
     fig = _figure((10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.set_yscale("log")      # an early spike of the validation loss would flatten the rest
+    losses = []
     for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy, log scale)"), (ax_acc, "acc", "accuracy (%)")):
         scale = 100.0 if key == "acc" else 1.0
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -82,19 +92,37 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> Path | None:
             if all(v is None for v in values):
                 continue
             ys = [math.nan if v is None else v * scale for v in values]
-            ax.plot(epochs, ys, style, markersize=3, label="training" if split == "train" else "validation")
+            if key == "loss":
+                losses += ys
+            name = "training" if split == "train" else "validation"
+            if split == "train" and key == "loss" and label_smoothing:
+                name = f"training (label smoothing {label_smoothing:g})"
+            ax.plot(epochs, ys, style, markersize=3, label=name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
+    readable_log_ticks(ax_loss, np.asarray(losses, dtype=np.float64))
     if any(row.get("val_acc") is not None for row in history):
         ax_acc.set_ylim(max(0.0, min(100 * r["val_acc"] for r in history if r.get("val_acc") is not None) - 5),
                         100.5)
     if title:
         fig.suptitle(title, parse_math=False)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return fig
+
+
+def readable_log_ticks(ax, values: np.ndarray) -> None:
+    """Label the log-scale y axis of ``ax`` in plain numbers (``0.05``, not ``5x10^-2``): at 1, 2 and 5 times
+    the powers of 10 when ``values`` span at most 4 decades, else at the powers of 10 only. A range of less than
+    a decade would otherwise show a single label, or none."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+    finite = values[np.isfinite(values) & (values > 0)]
+    decades = np.log10(finite.max() / finite.min()) if finite.size else 0.0
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 4 else (1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(lambda y, pos: f"{y:g}")
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # -- classification results -------------------------------------------------------------------------------

@@ -536,7 +536,8 @@ class Trainer:
         else:       # a resumed run may have logged epochs after its checkpoint: start from the history
             write_jsonl(self.out_dir / "metrics.jsonl", self.history)
             self._log_synced = True
-        plot_curves(self.out_dir / "curves.png", self.history, title=self._title())
+        plot_curves(self.out_dir / "curves.png", self.history, title=self._title(),
+                    label_smoothing=self.label_smoothing)
 
     def _title(self) -> str:
         spec = self.config.get("model") or {}

@@ -110,7 +110,7 @@ def scratch():
                 os.environ["NUMPYMNV2_DATA"] = before
 
 
-def _plain_png(path, history, title=""):
+def _plain_png(path, history, title="", label_smoothing=0.0):
     """The curves file without matplotlib's drawing, which dominates a tiny run's time (figures are tested in
     tests/train; here only that the file appears)."""
     from numpymnv2._atomic import atomic_write

@@ -1,5 +1,6 @@
 """Figures treat class names and titles as plain text: matplotlib's mathtext must not parse (and fail on) them."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from numpymnv2.train.metrics import plot_confusion, plot_curves
@@ -43,3 +44,20 @@ def test_evaluate_model_ranks_the_top_k_classes():
     np.testing.assert_array_equal(_ranked_classes(logits, 6)[:, 4:], -1)
     ranked = _ranked_classes(logits, 2)
     assert top_k_accuracy(ranked, np.array([2, 1])) == 1.0 and top_k_accuracy(ranked, np.array([3, 2])) == 0.0
+
+
+def test_curves_name_the_smoothed_training_loss_and_label_the_log_axis_in_plain_numbers():
+    from numpymnv2.train.metrics import curves_figure
+    history = [{"epoch": e + 1, "train_loss": 2.3 * 0.85 ** e + 0.5, "train_acc": 0.1 + 0.04 * e,
+                "val_loss": 2.4 * 0.7 ** e, "val_acc": 0.1 + 0.045 * e} for e in range(20)]
+    fig = curves_figure(history, label_smoothing=0.1)
+    ax_loss, ax_acc = fig.axes
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["training (label smoothing 0.1)",
+                                                                        "validation"]
+    assert [t.get_text() for t in ax_acc.get_legend().get_texts()] == ["training", "validation"]
+    fig.canvas.draw()
+    lo, hi = ax_loss.get_ylim()
+    shown = [(t, ax_loss.yaxis.get_major_formatter()(t)) for t in ax_loss.get_yticks() if lo <= t <= hi]
+    assert len(shown) >= 4 and all(float(text) == pytest.approx(t) and "10^" not in text for t, text in shown)
+    assert all(float(t).is_integer() for t in ax_loss.get_xticks())
+    assert [t.get_text() for t in curves_figure(history).axes[0].get_legend().get_texts()][0] == "training"
