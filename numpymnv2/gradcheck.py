@@ -510,12 +510,34 @@ def run(args) -> int:
     return 1
 
 
+def _check_op_fits(args) -> None:
+    """Refuse an operation's ``--shape`` that needs more memory than the machine has, before any array exists.
+
+    In float64, the check holds the input, the output, the projection R and the gradients, and a convolution its
+    patches (``K * K`` times the input): about ``8 (K^2 + 8)`` bytes per input element plus 64 per output one.
+    """
+    from numpymnv2._memory import check_memory
+    n_in = int(np.prod(args.shape, dtype=object))
+    n_out = int(np.prod(args.shape[:-1], dtype=object)) * max(args.out_channels, args.shape[-1])
+    need = 8 * n_in * (args.kernel ** 2 + 8) + 64 * n_out
+    check_memory(need, f"gradcheck {args.target} on an input of shape {args.shape}", "use a smaller --shape")
+
+
 def _run_check(args) -> GradcheckResult:
     rng = np.random.default_rng(args.seed)
     network = args.target == "mobilenetv2"
     if network:
-        from numpymnv2.models.footprint import check_model_fits
-        check_model_fits(dict(num_classes=args.out_channels, width_mult=args.width, dtype="float64"))
+        from types import SimpleNamespace
+
+        from numpymnv2.models.footprint import check_batch_fits, check_model_fits
+        from numpymnv2.models.mobilenetv2 import arch_kwargs
+        config = dict(num_classes=args.out_channels, width_mult=args.width, dtype="float64",
+                      **arch_kwargs(args.arch))
+        check_model_fits(config)        # the weights, then the activations of the batch, before either exists
+        check_batch_fits(SimpleNamespace(config=config), (args.shape[0], args.resolution, args.resolution, 3),
+                         training=True, advice="use a smaller batch (the first number of --shape) or --resolution")
+    else:
+        _check_op_fits(args)
     target, inputs, kwargs = _targets(args.backend)[args.target](args, rng)
     eps = args.eps if args.eps is not None else (1e-9 if network else 1e-6)
     max_coords = args.max_coords if args.max_coords is not None else (3 if network else 20)

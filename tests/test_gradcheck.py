@@ -230,6 +230,17 @@ def test_cli_failed_check_exits_1_with_the_table_on_stdout_and_one_line_on_stder
     assert captured.err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["conv2d", "--shape", "100000,1000,1000,3"], "gradcheck conv2d on an input of shape (100000, 1000, 1000, 3) "
+                                                  "needs about"),
+    (["mobilenetv2", "--shape", "100000,1,1,1", "--resolution", "224"], "on a batch of 100000 images of 224x224"),
+])
+def test_cli_refuses_a_check_too_large_for_the_memory_before_any_array_exists(argv, says, capsys):
+    assert main(["gradcheck", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "--shape" in err and err.count("\n") == 1
+
+
 def test_cli_unknown_target(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["gradcheck", "softmax"])

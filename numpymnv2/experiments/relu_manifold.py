@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from numpymnv2._memory import check_memory
+
 __all__ = ["ACTIVATIONS", "METRICS", "ManifoldResult", "make_spiral", "activate", "linear_mask",
            "reconstruct_pinv", "reconstruct_active_set", "relative_error", "run_relu_manifold",
            "format_table", "pinv_scale", "relu_manifold_figure", "plot_relu_manifold", "configure_parser", "run"]
@@ -260,6 +262,9 @@ class ManifoldResult:
         return text
 
 
+RADIUS_RANGE = (1e-6, 1e6)
+
+
 def _check_params(dims, n_points, trials, activation, tol, radius) -> list[int]:
     """Validate the inputs of :func:`run_relu_manifold`; errors name the option, what it expects and the value."""
     try:
@@ -278,8 +283,14 @@ def _check_params(dims, n_points, trials, activation, tol, radius) -> list[int]:
         raise ValueError(f"activation (--activation): expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol (--tol): expected a number > 0, got {tol}")
-    if not (np.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius (--radius): expected a number > 0, got {radius}")
+    if not (RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1]):      # also False for NaN
+        # outside it the squared norms of the errors under- or overflow; relu6 clips everything from a few
+        # hundred on, so nothing of interest lies beyond
+        raise ValueError(f"radius (--radius): expected a number from {RADIUS_RANGE[0]:g} to {RADIUS_RANGE[1]:g}, "
+                         f"got {radius}")
+    # a trial at the largest d holds about six (m, d) float64 arrays at once (T a, f(T a), the mask, D, D y)
+    m, d = operator.index(n_points), max(dims)
+    check_memory(48 * m * d, f"the experiment at d = {d} with {m} points", "use smaller --dims or fewer --points")
     return dims
 
 
@@ -480,7 +491,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=0.05,
                         help="relative error below which a point counts as recovered (default: 0.05)")
     parser.add_argument("--radius", type=float, default=1.0,
-                        help="size of the spiral; matters only for relu6, which clips at 6 (default: 1)")
+                        help="size of the spiral, 1e-6 to 1e6; matters only for relu6, which clips at 6 (default: 1)")
     parser.add_argument("--out", default="runs/relu-manifold",
                         help="folder for relu_manifold.png and relu_manifold.json (default: runs/relu-manifold)")
 
@@ -491,9 +502,11 @@ def run(args: argparse.Namespace) -> int:
                                activation=args.activation, seed=args.seed, tol=args.tol,
                                radius=getattr(args, "radius", 1.0))
     print(format_table(result))
+    figure = relu_manifold_figure(result)           # before the folder exists: a failure leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_relu_manifold(result, out / "relu_manifold.png")
+    png = out / "relu_manifold.png"
+    figure.savefig(png, dpi=120)
     json_path = out / "relu_manifold.json"
     result.to_json(json_path)
     print(f"wrote {png}")

@@ -112,9 +112,11 @@ def check_model_fits(config: dict, what: str = "MobileNetV2") -> None:
                  f"({fp.parameters:,} parameters and their gradients)", "choose a smaller width")
 
 
-def check_batch_fits(model, batch_shape, training: bool) -> None:
+def check_batch_fits(model, batch_shape, training: bool,
+                     advice: str = "use a smaller batch size (--batch-size) or resolution") -> None:
     """Refuse a forward (and backward) pass of ``model`` on a batch of ``batch_shape`` (N, H, W, C) before it
-    starts, when its activations would not fit in the memory available; raises ``InsufficientMemoryError``.
+    starts, when its activations would not fit in the memory available; raises ``InsufficientMemoryError``
+    ending with ``advice``.
 
     Only models that carry a MobileNetV2 ``config`` are estimated; others pass unchecked.
     """
@@ -126,4 +128,4 @@ def check_batch_fits(model, batch_shape, training: bool) -> None:
     step = "a training step" if training else "inference"
     check_memory(fp.activations_per_image * N * fp.itemsize,
                  f"{step} of MobileNetV2 width {config.get('width_mult')} on a batch of {N} images of {H}x{W}",
-                 "use a smaller batch size (--batch-size) or resolution")
+                 advice)

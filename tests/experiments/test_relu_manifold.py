@@ -229,6 +229,9 @@ def cli_args(**overrides):
     ({"tol": 0.0}, "--tol"),
     ({"tol": -1.0}, "--tol"),
     ({"radius": 0.0}, "--radius"),
+    ({"radius": 1e308}, "--radius"),        # its squared norms overflow: NaN errors, a figure that cannot draw
+    ({"radius": 1e-300}, "--radius"),       # and underflow
+    ({"radius": float("nan")}, "--radius"),
 ])
 def test_bad_options_raise_value_error_naming_the_option(overrides, option):
     with pytest.raises(ValueError, match=option):
@@ -239,6 +242,26 @@ def test_bad_options_raise_value_error_naming_the_option(overrides, option):
 def test_cli_reports_bad_options_with_exit_code_2(argv, tmp_path, capsys):
     assert main(["relu-manifold", "--out", str(tmp_path), *argv]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_d_too_large_for_the_memory_is_refused_before_any_work(tmp_path, capsys):
+    # 20 points at d = 10^10 would need terabytes: refused with exit 2 before T is drawn, nothing written
+    out = tmp_path / "out"
+    assert main(["relu-manifold", "--points", "20", "--dims", "10000000000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "d = 10000000000 with 20 points needs about" in err and "--dims" in err and not out.exists()
+
+
+def test_cli_failure_leaves_no_output_folder(tmp_path, capsys, monkeypatch):
+    # the figure is drawn before the folder is made: a figure that fails leaves nothing behind
+    import numpymnv2.experiments.relu_manifold as rm
+
+    def broken(result):
+        raise ValueError("Axis limits cannot be NaN or Inf")
+    monkeypatch.setattr(rm, "relu_manifold_figure", broken)
+    out = tmp_path / "out" / "nested"
+    assert main(["relu-manifold", "--points", "20", "--trials", "1", "--dims", "2", "--out", str(out)]) == 2
+    assert "Axis limits" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_cli_rejects_unknown_activation():
