@@ -230,6 +230,22 @@ class Module:
         """Set evaluation mode (running statistics, no dropout); return self."""
         return self.train(False)
 
+    def training_modes(self) -> dict[str, bool]:
+        """Every module's mode by qualified name (``""`` for this one), as :meth:`set_training_modes` takes it.
+
+        A loop that switches the whole tree (``model.eval()`` to validate, ``model.train()`` after) puts back a
+        mixed tree with these, so a child frozen with ``.eval()`` (a BatchNorm during fine-tuning) stays frozen.
+        """
+        return {name: m.training for name, m in self.named_modules()}
+
+    def set_training_modes(self, modes: dict[str, bool]) -> "Module":
+        """Set each module named in ``modes`` to its mode (not its children: each has its own entry); return
+        self."""
+        for name, m in self.named_modules():
+            if name in modes:
+                object.__setattr__(m, "training", bool(modes[name]))
+        return self
+
     # -- dtype --------------------------------------------------------------------------------------------
     def to(self, dtype) -> "Module":
         """Convert every parameter, gradient and floating buffer to ``dtype`` in place; return self.

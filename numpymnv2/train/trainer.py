@@ -378,14 +378,16 @@ class Trainer:
         ``(seed, epoch)``, so a resumed run recalibrates identically.
         """
         from numpymnv2.nn.layers import BatchNorm2d
-        layers = [m for _, m in self.model.named_modules() if isinstance(m, BatchNorm2d)]
+        modes = self.model.training_modes()
+        self._enter_training()
+        # a BatchNorm frozen with .eval() keeps its statistics, as it keeps them in training
+        layers = [m for _, m in self.model.named_modules() if isinstance(m, BatchNorm2d) and m.training]
         n = min(self.precise_bn, len(self.train_loader))
         if n == 0 or not layers:
+            self.model.set_training_modes(modes)
             return 0
         momenta = [m.momentum for m in layers]
         rng = generator_states(self.generators)
-        was_training = getattr(self.model, "training", True)
-        self.model.train()
         used = 0
         try:
             for x, y in self.train_loader.epoch(epoch):
@@ -399,8 +401,16 @@ class Trainer:
             for m, momentum in zip(layers, momenta):
                 m.momentum = momentum
             restore_generator_states(self.generators, rng, "precise BN")
-            self.model.train(was_training)
+            self.model.set_training_modes(modes)
         return used
+
+    def _enter_training(self) -> None:
+        """Put the model in the modes it trains in (see :meth:`fit`)."""
+        modes = getattr(self, "_train_modes", None)
+        if modes is None:
+            self.model.train()
+        else:
+            self.model.set_training_modes(modes)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, loader=None) -> dict[str, float]:
@@ -429,6 +439,11 @@ class Trainer:
         """
         end = self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
         self._stop_requested = self._force_quit = self._updating = False
+        # the modes training runs in: the model's own when it is in training mode (children frozen with .eval(),
+        # a BatchNorm during fine-tuning, stay frozen), else all of it in training mode
+        self._train_modes = (self.model.training_modes()
+                             if getattr(self.model, "training", False) and hasattr(self.model, "training_modes")
+                             else None)
         status = "finished"
         with self._claim_out_dir(), self._deferred_sigint(), _compilation_notice(self.say):
             try:
@@ -459,7 +474,7 @@ class Trainer:
         e, n_batches = int(pos["epoch"]), len(self.train_loader)
         bar = self._bar(e, n_batches, int(pos["batch"]))
         try:
-            self.model.train()
+            self._enter_training()
             t_start = time.perf_counter()
             time_before = pos["partial"]["time_s"]
             for x, y in self.train_loader.epoch(e, start_batch=int(pos["batch"])):
@@ -695,11 +710,12 @@ def evaluate_model(model, loader, parallel=None, top_k: int = 1) -> tuple[float,
     predictions : ndarray of int64, shape (N,), or (N, top_k) with ``top_k > 1``, most likely class first
     labels : ndarray of int64, shape (N,)
 
-    The model's previous mode is restored afterwards.
+    Every module's previous mode is restored afterwards (a child frozen with ``.eval()`` stays frozen).
     """
     if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"evaluate_model: top_k must be a positive integer, got {top_k!r}")
     parallel = parallel if parallel is not None else SingleProcess()
+    modes = model.training_modes() if hasattr(model, "training_modes") else None
     was_training = getattr(model, "training", False)
     model.eval()
     loss_sum, preds, labels, finite = 0.0, [], [], True
@@ -723,7 +739,10 @@ def evaluate_model(model, loader, parallel=None, top_k: int = 1) -> tuple[float,
             loss_sum += float(loss) * len(logits)
             preds[-1][rows] = _ranked_classes(logits, top_k)
     finally:
-        model.train(was_training)
+        if modes is not None:
+            model.set_training_modes(modes)
+        else:
+            model.train(was_training)
     loss_sum, broken = parallel.sum([loss_sum, not finite])
     if broken:
         raise NonFiniteLossError("evaluation: the model's outputs contain NaN or infinite values; the "

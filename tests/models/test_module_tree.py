@@ -234,3 +234,13 @@ def test_to_dtype_converts_in_place_and_gradchecks():
     assert model(images()).dtype == np.float32 and model.config["dtype"] == "float32"
     with pytest.raises(TypeError, match="dtype must be 'float32' or 'float64'"):
         model.to("float16")
+
+
+def test_training_modes_round_trip_through_a_blanket_eval():
+    model = small_model().train()
+    model.features[1].eval()
+    modes = model.training_modes()
+    assert modes[""] and not modes["features.1"] and not modes["features.1.conv.0.0"] and modes["features.2"]
+    model.eval()
+    assert not any(model.training_modes().values())
+    assert model.set_training_modes(modes) is model and model.training_modes() == modes

@@ -253,3 +253,26 @@ def test_precise_bn_averages_the_batch_statistics_at_the_final_weights_and_chang
     assert not np.allclose(plain_stats[0], recalibrated[0][0])
     with pytest.raises(ValueError, match="precise_bn must be a non-negative integer"):
         make_trainer(epochs=1, precise_bn=-1)
+
+
+def test_a_batchnorm_frozen_with_eval_stays_frozen_through_fit_validation_and_precise_bn(make_trainer):
+    # the torchvision way to freeze BatchNorm for fine-tuning: the model in training mode, its BatchNorms in eval
+    from numpymnv2.nn.layers import BatchNorm2d
+
+    trainer = make_trainer(epochs=2, precise_bn=2)
+    bns = [m for _, m in trainer.model.named_modules() if isinstance(m, BatchNorm2d)]
+    frozen, free = bns[::2], bns[1::2]
+    for m in frozen:
+        m.eval()
+    frozen_before = [(m.running_mean.copy(), m.running_var.copy()) for m in frozen]
+    free_before = [m.running_mean.copy() for m in free]
+    weights_before = [p.data.copy() for p in trainer.model.parameters()]
+    trainer.fit()                                   # trains, validates (model.eval()) and recalibrates each epoch
+    for m, (mean, var) in zip(frozen, frozen_before):
+        assert not m.training
+        np.testing.assert_array_equal(m.running_mean, mean)
+        np.testing.assert_array_equal(m.running_var, var)
+    assert all(m.training for m in free) and trainer.model.training
+    assert any(not np.array_equal(m.running_mean, b) for m, b in zip(free, free_before))
+    assert any(not np.array_equal(p.data, b) for p, b in zip(trainer.model.parameters(), weights_before))
+
