@@ -91,12 +91,24 @@ def bias_act(y: np.ndarray, bias: np.ndarray, activation: str | None, residual: 
     residual : ndarray, shape of ``y``, optional
         Added after the activation (the shortcut of a residual block).
     """
+    kernel, args = bias_act_call(y, bias, activation, residual)
+    kernel(*args)
+
+
+def bias_act_call(y: np.ndarray, bias: np.ndarray, activation: str | None,
+                  residual: np.ndarray | None = None) -> tuple:
+    """``(kernel, args)``: the call :func:`bias_act` makes, with its arguments bound; ``kernel(*args)`` runs it.
+
+    For a caller that repeats the same call on the same arrays (the plan of
+    :class:`numpymnv2.models.fuse.FoldedMobileNetV2`): contiguous arrays of ``y``'s dtype are bound as they
+    are, not copied, so the call sees what is in them when it runs.
+    """
     C = y.shape[-1]
     y2 = y.reshape(-1, C)
     res = y2 if residual is None else np.ascontiguousarray(residual, dtype=y.dtype).reshape(-1, C)
-    _bias_act(y.size, (y2.shape[0] + PIXELS - 1) // PIXELS,
-              (y2, np.ascontiguousarray(bias, dtype=y.dtype), ACTIVATION_CODES[activation], res,
-               residual is not None))
+    return _bias_act, (y.size, (y2.shape[0] + PIXELS - 1) // PIXELS,
+                       (y2, np.ascontiguousarray(bias, dtype=y.dtype), ACTIVATION_CODES[activation], res,
+                        residual is not None))
 
 
 def bias_act_pool(y: np.ndarray, bias: np.ndarray, activation: str | None) -> np.ndarray:
@@ -112,11 +124,19 @@ def bias_act_pool(y: np.ndarray, bias: np.ndarray, activation: str | None) -> np
     -------
     pooled : ndarray, shape (N, C)
     """
-    N, H, W, C = y.shape
-    pooled = np.empty((N, C), dtype=y.dtype)
-    _bias_act_pool(y.size, N, (np.ascontiguousarray(y).reshape(N, H * W, C),
-                               np.ascontiguousarray(bias, dtype=y.dtype), ACTIVATION_CODES[activation], pooled))
+    pooled = np.empty((y.shape[0], y.shape[-1]), dtype=y.dtype)
+    kernel, args = bias_act_pool_call(y, bias, activation, pooled)
+    kernel(*args)
     return pooled
+
+
+def bias_act_pool_call(y: np.ndarray, bias: np.ndarray, activation: str | None, pooled: np.ndarray) -> tuple:
+    """``(kernel, args)``: :func:`bias_act_pool` writing into ``pooled`` (N, C), arguments bound (see
+    :func:`bias_act_call`)."""
+    N, H, W, C = y.shape
+    return _bias_act_pool, (y.size, N, (np.ascontiguousarray(y).reshape(N, H * W, C),
+                                        np.ascontiguousarray(bias, dtype=y.dtype), ACTIVATION_CODES[activation],
+                                        pooled))
 
 
 def depthwise_bias_act(x: np.ndarray, w: np.ndarray, stride: int, padding: int, bias: np.ndarray,
@@ -141,6 +161,15 @@ def depthwise_bias_act(x: np.ndarray, w: np.ndarray, stride: int, padding: int, 
     -------
     out : ndarray, shape (N, H_out, W_out, C)
     """
+    kernel, args = depthwise_bias_act_call(x, w, stride, padding, bias, activation, out)
+    kernel(*args)
+    return args[2][-1]
+
+
+def depthwise_bias_act_call(x: np.ndarray, w: np.ndarray, stride: int, padding: int, bias: np.ndarray,
+                            activation: str | None, out: np.ndarray | None = None) -> tuple:
+    """``(kernel, args)``: :func:`depthwise_bias_act`'s call with its arguments (and ``out``, allocated when not
+    given: ``args[2][-1]``) checked and bound (see :func:`bias_act_call`)."""
     N, H, W, C = x.shape
     K = w.shape[0]
     if w.shape != (K, K, C) or bias.shape != (C,):
@@ -154,10 +183,10 @@ def depthwise_bias_act(x: np.ndarray, w: np.ndarray, stride: int, padding: int, 
     elif out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
         raise ValueError(f"depthwise_bias_act: out must be a C-contiguous {x.dtype} array of shape {shape}, got "
                          f"{out.dtype} {out.shape}")
-    _depthwise_bias_act(out.size * K * K, N * shape[1],
-                        (np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype), s, p,
-                         np.ascontiguousarray(bias, dtype=x.dtype), ACTIVATION_CODES[activation], out))
-    return out
+    return _depthwise_bias_act, (out.size * K * K, N * shape[1],
+                                 (np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype), s, p,
+                                  np.ascontiguousarray(bias, dtype=x.dtype), ACTIVATION_CODES[activation], out))
 
 
-__all__ = ["bias_act", "bias_act_pool", "depthwise_bias_act"]
+__all__ = ["bias_act", "bias_act_call", "bias_act_pool", "bias_act_pool_call", "depthwise_bias_act",
+           "depthwise_bias_act_call"]

@@ -36,7 +36,6 @@ import numpy as np
 from numpymnv2.backend import get_backend
 from numpymnv2.kernels import conv2d as fast_conv2d
 from numpymnv2.kernels import inference as fast_inference
-from numpymnv2.kernels.activation import ACTIVATION_CODES
 from numpymnv2.nn.layers import BatchNorm2d, Conv2d, DepthwiseConv2d, PointwiseConv2d
 from numpymnv2.ops import CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D
 
@@ -154,8 +153,8 @@ class _Plan:
       pass in place (:func:`~numpymnv2.kernels.inference.bias_act`); the last one's pass also pools
       (:func:`~numpymnv2.kernels.inference.bias_act_pool`) into ``pooled`` and writes nothing else.
 
-    The kernels are called through their launchers (``kernel(work, rows, inputs)``, see
-    :mod:`numpymnv2.kernels._launch`) with the inputs the public wrappers would build, built here once.
+    The kernel calls come from the ``*_call`` functions of :mod:`numpymnv2.kernels.inference`, which check and
+    bind the arguments the public functions would pass, once.
     """
 
     def __init__(self, model: "FoldedMobileNetV2", x_shape: tuple, dtype):
@@ -170,7 +169,7 @@ class _Plan:
         if stem.kind != "conv2d":
             raise TypeError(f"FoldedMobileNetV2: expected the first step to be the stem conv2d, got {stem.kind}")
         self.stem_out = outs[0].reshape(-1, shapes[0][-1])
-        self.calls = [_bias_act_call(outs[0], stem, None)]
+        self.calls = [fast_inference.bias_act_call(outs[0], stem.bias, stem.activation)]
         shortcut = None
         for i in range(1, len(steps)):
             step, x, out = steps[i], outs[i - 1], outs[i]
@@ -178,35 +177,20 @@ class _Plan:
                 shortcut = x
             residual = shortcut if step.add_residual else None
             if step.kind == "depthwise":
-                K = step.weight.shape[0]
-                self.calls.append((fast_inference._depthwise_bias_act,
-                                   (out.size * K * K, out.shape[0] * out.shape[1],
-                                    (x, step.weight, step.stride, step.padding, step.bias,
-                                     ACTIVATION_CODES[step.activation], out))))
+                self.calls.append(fast_inference.depthwise_bias_act_call(
+                    x, step.weight, step.stride, step.padding, step.bias, step.activation, out))
             elif step.kind == "pointwise":
                 self.calls.append((np.matmul, (x.reshape(-1, x.shape[-1]), model._pointwise_t[i],
                                                out.reshape(-1, out.shape[-1]))))
                 if i == len(steps) - 1:
-                    N, H, W, C = out.shape
-                    self.calls.append((fast_inference._bias_act_pool,
-                                       (out.size, N, (out.reshape(N, H * W, C), step.bias,
-                                                      ACTIVATION_CODES[step.activation], self.pooled))))
+                    self.calls.append(fast_inference.bias_act_pool_call(out, step.bias, step.activation,
+                                                                        self.pooled))
                 else:
-                    self.calls.append(_bias_act_call(out, step, residual))
+                    self.calls.append(fast_inference.bias_act_call(out, step.bias, step.activation, residual))
             else:
                 raise TypeError(f"FoldedMobileNetV2: unexpected {step.kind} step after the stem ({step.name})")
         if steps[-1].kind != "pointwise":
             raise TypeError("FoldedMobileNetV2: expected the last step to be a pointwise convolution")
-
-
-def _bias_act_call(y: np.ndarray, step: FoldedConv, residual: np.ndarray | None) -> tuple:
-    """The call of :func:`~numpymnv2.kernels.inference.bias_act` on ``y`` in place, arguments bound."""
-    C = y.shape[-1]
-    y2 = y.reshape(-1, C)
-    res = y2 if residual is None else residual.reshape(-1, C)
-    rows = (y2.shape[0] + fast_inference.PIXELS - 1) // fast_inference.PIXELS
-    return (fast_inference._bias_act,
-            (y.size, rows, (y2, step.bias, ACTIVATION_CODES[step.activation], res, residual is not None)))
 
 
 class FoldedMobileNetV2:
