@@ -3,7 +3,8 @@
 The new bytes go to a temporary file in the same folder (so both are on the same file system), which is
 flushed and ``fsync``-ed before ``os.replace`` swaps it in; ``os.replace`` is atomic on POSIX and Windows.
 If anything fails before the swap, including a ``KeyboardInterrupt``, the temporary file is deleted and the
-previous file is untouched. Every file the trainer writes (checkpoints, metrics, plots) goes through here.
+previous file is untouched. Every file numpymnv2 writes (checkpoints, weights, metrics, figures, reports) goes
+through here.
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def remove_temporary_files(folder, names) -> list[Path]:
 def atomic_write_text(path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 string."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_figure(path, figure, dpi: int = 100) -> Path:
+    """:func:`atomic_write` of a matplotlib ``figure`` as a PNG at ``dpi``."""
+    return atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
 
 
 def _ordinary_mode() -> int:

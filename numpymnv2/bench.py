@@ -672,8 +672,8 @@ def run(args) -> int:
               f"- {RATIO_NOTE}", ""]
     print("\n".join(header + out))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        from numpymnv2._atomic import atomic_write_text
+        atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
     return 0
 
 

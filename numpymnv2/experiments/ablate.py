@@ -394,22 +394,21 @@ def ablation_figure(result: dict):
 
 def plot_curves(result: dict, path) -> Path:
     """Write :func:`ablation_figure` to ``path`` as a PNG (parent folders are created); return ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ablation_figure(result).savefig(path, dpi=110)
-    return path
+    from numpymnv2._atomic import atomic_write_figure
+    return atomic_write_figure(path, ablation_figure(result), dpi=110)
 
 
 def write_outputs(result: dict, out) -> list[Path]:
     """Write ``ablation.json``, ``ablation.md``, ``ablation.png`` and ``sparsity.png`` into ``out``."""
+    from numpymnv2._atomic import atomic_write_text
     from numpymnv2.experiments.sparsity import depthwise_sparsity, plot_sparsity
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "ablation.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     md_path = out / "ablation.md"
-    md_path.write_text(format_table(result) + "\n")
+    atomic_write_text(md_path, format_table(result) + "\n")
     curves = plot_curves(result, out / "ablation.png")
     first_seed = result["settings"]["seeds"][0]
     reports = {VARIANTS[r["variant"]][1]: depthwise_sparsity(out / r["checkpoint"],

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numpymnv2._atomic import atomic_write_figure
 from numpymnv2._memory import check_memory
 
 __all__ = ["ACTIVATIONS", "METRICS", "ManifoldResult", "make_spiral", "activate", "linear_mask",
@@ -258,7 +259,8 @@ class ManifoldResult:
         """The parameters, metric definitions, table and per-trial values as JSON; also written to ``path``."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            from numpymnv2._atomic import atomic_write_text
+            atomic_write_text(path, text + "\n")
         return text
 
 
@@ -474,10 +476,7 @@ def relu_manifold_figure(result: ManifoldResult):
 
 def plot_relu_manifold(result: ManifoldResult, path) -> Path:
     """Write :func:`relu_manifold_figure` to ``path`` as a PNG (parent folders are created); return ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    relu_manifold_figure(result).savefig(path, dpi=120)
-    return path
+    return atomic_write_figure(path, relu_manifold_figure(result), dpi=120)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -505,8 +504,7 @@ def run(args: argparse.Namespace) -> int:
     figure = relu_manifold_figure(result)           # before the folder exists: a failure leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / "relu_manifold.png"
-    figure.savefig(png, dpi=120)
+    png = atomic_write_figure(out / "relu_manifold.png", figure, dpi=120)
     json_path = out / "relu_manifold.json"
     result.to_json(json_path)
     print(f"wrote {png}")

@@ -174,7 +174,8 @@ class SparsityReport:
         """The report as JSON; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            from numpymnv2._atomic import atomic_write_text
+            atomic_write_text(path, text + "\n")
         return text
 
 
@@ -384,10 +385,8 @@ def sparsity_figure(reports, title: str = "", colors: dict | None = None):
 
 def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) -> Path:
     """Write :func:`sparsity_figure` to ``path`` as a PNG (parent folders are created); return ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sparsity_figure(reports, title, colors).savefig(path, dpi=110)
-    return path
+    from numpymnv2._atomic import atomic_write_figure
+    return atomic_write_figure(path, sparsity_figure(reports, title, colors), dpi=110)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from numpymnv2._atomic import atomic_write, atomic_write_text
+from numpymnv2._atomic import atomic_write_figure, atomic_write_text
 
 FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s",
           "elapsed_s")
@@ -210,4 +210,4 @@ def _figure(figsize):
 
 
 def _save_figure(fig, path) -> Path:
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    return atomic_write_figure(path, fig, dpi=100)

@@ -167,3 +167,18 @@ def test_written_files_get_ordinary_permissions(saved):
     os.umask(mask)
     for name in ("last.npz", "metrics.json", "curves.png"):
         assert os.stat(path.parent / name).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_figure_that_fails_halfway_leaves_the_old_png(tmp_path):
+    # every figure numpymnv2 writes (curves, confusion matrix, experiments) goes through atomic_write_figure
+    class Breaks:
+        def savefig(self, f, format, dpi):
+            assert format == "png" and dpi == 120
+            f.write(b"\x89PNG half a figure")
+            raise RuntimeError("renderer failed")
+
+    path = tmp_path / "figure.png"
+    path.write_bytes(b"the old figure")
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        atomic.atomic_write_figure(path, Breaks(), dpi=120)
+    assert path.read_bytes() == b"the old figure" and sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
