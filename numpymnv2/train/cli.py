@@ -355,22 +355,20 @@ def final_test(trainer, cfg: TrainConfig) -> tuple[dict | None, str | None]:
     classes) on the test split, read only now; or ``(None, why)`` when the dataset has no test split."""
     from numpymnv2.data import DataLoader
     from numpymnv2.train.config import make_transform
-    from numpymnv2.train.cli_evaluate import TOP_K
-    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
+    from numpymnv2.train.cli_evaluate import TOP_K, evaluate_with_top_k
     try:
         test = load_test_data(cfg)
     except FileNotFoundError as exc:
         return None, str(exc).splitlines()[0]
     loader = DataLoader(test, max(cfg.batch_size, 256), shuffle=False, dtype=cfg.dtype,
                         transform=make_transform(trainer.config["preprocess"], train=False))
-    top_k = TOP_K if test.num_classes > TOP_K else 1
-    loss, acc, ranked, labels = evaluate_model(trainer.model, loader, trainer.parallel, top_k=top_k)
-    predictions = ranked[:, 0] if top_k > 1 else ranked
+    loss, acc, predictions, labels, top_acc = evaluate_with_top_k(trainer.model, loader, test.num_classes,
+                                                                  trainer.parallel)
     record = {"model": "last.npz", "epoch": len(trainer.history), "images": len(test),
               "correct": int((predictions == labels).sum()), "acc": acc, "loss": loss,
               "also_validation": cfg.val_fraction == 0}
-    if top_k > 1:
-        record[f"top{top_k}_acc"] = top_k_accuracy(ranked, labels)
+    if top_acc is not None:
+        record[f"top{TOP_K}_acc"] = top_acc
     return record, None
 
 

@@ -63,6 +63,17 @@ def image_folder_for(ckpt, data_dir, split: str):
     return cfg, load_split(cfg, "train"), f"every image in the class sub-folders of {root}"
 
 
+def evaluate_with_top_k(model, loader, num_classes: int, parallel=None):
+    """:func:`~numpymnv2.train.trainer.evaluate_model` plus the top-:data:`TOP_K` accuracy when there are more
+    than :data:`TOP_K` classes: ``(loss, acc, predictions (N,), labels (N,), top-k accuracy or None)``."""
+    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
+    top_k = TOP_K if num_classes > TOP_K else 1
+    loss, acc, ranked, labels = evaluate_model(model, loader, parallel, top_k=top_k)
+    if top_k == 1:
+        return loss, acc, ranked, labels, None
+    return loss, acc, ranked[:, 0], labels, top_k_accuracy(ranked, labels)
+
+
 def run(args) -> int:
     from numpymnv2._atomic import atomic_write_text
     from numpymnv2.backend import use_backend
@@ -71,7 +82,6 @@ def run(args) -> int:
     from numpymnv2.train.inference import load_trained_model
     from numpymnv2.train.metrics import (confusion_matrix, format_confusion, per_class_accuracy,
                                          plot_confusion)
-    from numpymnv2.train.trainer import evaluate_model, top_k_accuracy
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -94,11 +104,8 @@ def run(args) -> int:
         data = data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:args.limit]))
     loader = DataLoader(data, args.batch_size, shuffle=False,
                         transform=make_transform(ckpt.config["preprocess"], train=False), dtype=cfg.dtype)
-    top_k = TOP_K if len(classes) > TOP_K else 1
     with use_backend(args.backend):
-        loss, acc, ranked, labels = evaluate_model(model, loader, top_k=top_k)
-    predictions = ranked[:, 0] if top_k > 1 else ranked
-    top_acc = top_k_accuracy(ranked, labels) if top_k > 1 else None
+        loss, acc, predictions, labels, top_acc = evaluate_with_top_k(model, loader, len(classes))
     cm = confusion_matrix(labels, predictions, len(classes))
     per_class = per_class_accuracy(cm)
 

@@ -66,7 +66,7 @@ def run(args) -> int:
 
     from numpymnv2.backend import use_backend
     from numpymnv2.cli import describe_error, exit_status
-    from numpymnv2.train.inference import load_image, load_trained_model, polarity_mismatch, predict_proba
+    from numpymnv2.train.inference import load_trained_model, predict_proba, prepare_image
 
     if args.output is not None:
         from numpymnv2._argtypes import check_distinct_output
@@ -78,22 +78,14 @@ def run(args) -> int:
     for path, problem in image_paths(args.images):
         if problem is None:
             try:
-                x, notes = load_image(path, preprocess, args.resize)
+                read.append((path, *prepare_image(path, preprocess, args.invert, args.resize)))
+                continue
             except Exception as exc:
                 if exit_status(exc) is None:        # not a problem of the file: a bug, shown as one
                     raise
                 problem = describe_error(exc)
-        if problem is not None:
-            print(f"numpymnv2 predict: error: {problem}", file=sys.stderr)
-            failed.append({"image": path, "error": problem})
-            continue
-        mismatch = polarity_mismatch(x, preprocess)
-        inverted = bool(mismatch) if args.invert == "auto" else args.invert
-        if args.invert == "auto" and mismatch:
-            notes.append(f"inverted: {mismatch} (--no-invert keeps it as it is)")
-        elif args.invert is False and mismatch:
-            notes.append(f"looks inverted: {mismatch}; kept as it is (--no-invert)")
-        read.append((path, 255 - x if inverted else x, inverted, notes))
+        print(f"numpymnv2 predict: error: {problem}", file=sys.stderr)
+        failed.append({"image": path, "error": problem})
 
     results = []
     if read:

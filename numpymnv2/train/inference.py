@@ -96,18 +96,28 @@ def load_image(path, preprocess: dict, resize: str = "crop") -> tuple[np.ndarray
     return (x[..., None] if x.ndim == 2 else x), [note] if note else []
 
 
-def read_images(paths, preprocess: dict, invert=False, resize: str = "crop") -> np.ndarray:
-    """Read image files into a uint8 batch shaped like the training images, (N, H, W, C) (see :func:`load_image`).
+def prepare_image(path, preprocess: dict, invert=False, resize: str = "crop") -> tuple[np.ndarray, bool, list[str]]:
+    """``(x, inverted, notes)``: :func:`load_image`, then inverted (every pixel ``v`` becomes ``255 - v``) as
+    ``invert`` says, and the notes on what was done.
 
-    ``invert``: True replaces every pixel ``v`` by ``255 - v`` (for dark ink on light paper when the model learnt
-    light strokes on a dark background); ``"auto"`` does so for the images :func:`polarity_mismatch` flags.
+    ``invert``: True inverts (dark ink on light paper under a model that learnt light strokes on a dark
+    background), False never does (but notes an image :func:`polarity_mismatch` flags), ``"auto"`` inverts the
+    images it flags and notes it.
     """
-    batch = []
-    for path in paths:
-        x, _ = load_image(path, preprocess, resize)
-        flip = polarity_mismatch(x, preprocess) is not None if invert == "auto" else bool(invert)
-        batch.append(255 - x if flip else x)
-    return np.stack(batch)
+    x, notes = load_image(path, preprocess, resize)
+    mismatch = polarity_mismatch(x, preprocess)
+    inverted = mismatch is not None if invert == "auto" else bool(invert)
+    if mismatch is not None and invert == "auto":
+        notes.append(f"inverted: {mismatch} (--no-invert keeps it as it is)")
+    elif mismatch is not None and invert is False:
+        notes.append(f"looks inverted: {mismatch}; kept as it is (--no-invert)")
+    return (255 - x if inverted else x), inverted, notes
+
+
+def read_images(paths, preprocess: dict, invert=False, resize: str = "crop") -> np.ndarray:
+    """Read image files into a uint8 batch shaped like the training images, (N, H, W, C) (see
+    :func:`prepare_image` for ``invert`` and :func:`load_image` for ``resize``)."""
+    return np.stack([prepare_image(path, preprocess, invert, resize)[0] for path in paths])
 
 
 def predict_proba(model, images: np.ndarray, preprocess: dict, batch_size: int = 256) -> np.ndarray:
