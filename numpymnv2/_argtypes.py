@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 
 def _number(text: str, kind):
@@ -63,6 +64,19 @@ def add_arch_argument(parser, default: str | None, default_text: str | None = No
     layouts = "; ".join(f"{name}, {what}" for name, (_, _, what) in ARCHS.items())
     parser.add_argument("--arch", choices=tuple(ARCHS), default=default,
                         help=f"stride layout: {layouts} (default: {default_text or default})")
+
+
+class _DeprecatedPreset(argparse.Action):
+    """``--preset`` of numpymnv2 0.1, now ``--arch`` (the same word in every verb); still accepted, with a note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"numpymnv2: note: {option_string} is deprecated, use --arch {values}", file=sys.stderr)
+        namespace.arch = values
+
+
+def add_deprecated_preset_argument(parser) -> None:
+    """The hidden ``--preset {imagenet,cifar}`` of the verbs that had it (summary, gradcheck), setting ``arch``."""
+    parser.add_argument("--preset", choices=("imagenet", "cifar"), action=_DeprecatedPreset, help=argparse.SUPPRESS)
 
 
 def check_distinct_output(output, *sources) -> None:

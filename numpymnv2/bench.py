@@ -336,7 +336,8 @@ def _op_table(res, sides, peak1, peak2) -> list:
         gf = flops / (ours * 1e-3) / 1e9 if flops else None
         lines.append(f"| {name} | {_fmt(ours, '.3f')} | {_fmt(gf, '.1f')} | {_fmt(nchw, '.3f')} | {_fmt(cl, '.3f')} "
                      f"| {_fmt(r_cl)} | {_fmt(r_best)} | {_fmt(m_cl)} |")
-    lines += ["", RATIO_NOTE + "; CL = PyTorch channels_last.", "", f"float32 matmul peak (1024^3, measured in this run): {_fmt(peak1, '.1f')} GFLOP/s with 1 BLAS "
+    lines += ["", RATIO_NOTE + "; CL = PyTorch channels_last.", "",
+              f"float32 matmul peak (1024^3, measured in this run): {_fmt(peak1, '.1f')} GFLOP/s with 1 BLAS "
                   f"thread, {_fmt(peak2, '.1f')} GFLOP/s with 2", "",
               "| pointwise (3 GEMMs) | numpymnv2 ms | GFLOP/s | bare np.matmul ms | of bare matmul | of 1-thread peak "
               "| of 2-thread peak |", "|---|---|---|---|---|---|---|"]

@@ -38,7 +38,8 @@ COMMANDS = {
     "relu-manifold": ("numpymnv2.experiments.relu_manifold", "the paper's ReLU manifold experiment (Figure 1)"),
     "ablate": ("numpymnv2.experiments.ablate", "linear vs ReLU6 bottleneck, shortcut vs none (Figure 6)"),
     "sparsity": ("numpymnv2.experiments.sparsity", "fraction of near-zero depthwise kernels in a checkpoint"),
-    "convert": ("numpymnv2.interop.convert", "turn a torchvision state_dict (.pth) into a numpymnv2 checkpoint (.npz) for every verb"),
+    "convert": ("numpymnv2.interop.convert",
+                "turn a torchvision state_dict (.pth) into a numpymnv2 checkpoint (.npz) for every verb"),
     "export": ("numpymnv2.interop.export", "write a checkpoint or weights file as ONNX, checked in onnxruntime"),
     "bench": ("numpymnv2.bench", "time train steps and ops (against PyTorch when it is installed)"),
 }

@@ -472,8 +472,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=T.positive_float, default=0.35, help="mobilenetv2: width multiplier")
     p.add_argument("--resolution", type=T.resolution, default=32, help="mobilenetv2: input height and width")
     T.add_arch_argument(p, "small", "small, as numpymnv2 train; mobilenetv2 only")
-    from numpymnv2.models.summary import _DeprecatedPreset
-    p.add_argument("--preset", choices=("imagenet", "cifar"), action=_DeprecatedPreset, help=argparse.SUPPRESS)
+    T.add_deprecated_preset_argument(p)
     p.add_argument("--params", type=T.positive_int, default=None,
                    help="check this many randomly chosen parameter arrays (default: all; 8 for mobilenetv2)")
     p.add_argument("--max-coords", type=T.nonnegative_int, default=None,

@@ -160,7 +160,12 @@ def center_crop(im, fraction: float):
     if fraction == 1:
         return im
     w, h = im.size
-    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    return _centre(im, max(1, round(w * fraction)), max(1, round(h * fraction)))
+
+
+def _centre(im, cw: int, ch: int):
+    """The central ``cw x ch`` pixels of ``im``."""
+    w, h = im.size
     left, top = (w - cw) // 2, (h - ch) // 2
     return im.crop((left, top, left + cw, top + ch))
 
@@ -189,8 +194,7 @@ def fit_aspect(im, size, mode: str = "crop"):
     wide = w * H > h * W
     if mode == "crop":
         cw, ch = (round(h * W / H), h) if wide else (w, round(w * H / W))
-        left, top = (w - cw) // 2, (h - ch) // 2
-        return im.crop((left, top, left + cw, top + ch)), f"{w}x{h}, centre {cw}x{ch} kept (--resize crop)"
+        return _centre(im, cw, ch), f"{w}x{h}, centre {cw}x{ch} kept (--resize crop)"
     pw, ph = (w, round(w * H / W)) if wide else (round(h * W / H), h)
     x = np.asarray(im)
     border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]).reshape(-1, 1 if x.ndim == 2 else x.shape[2])

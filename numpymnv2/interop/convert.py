@@ -143,8 +143,8 @@ def run(args) -> int:
           + ("; removed DistributedDataParallel's 'module.' key prefix" if stripped else ""))
     print(f"MobileNetV2 width_mult={width} ({width_from}), num_classes={model.num_classes}, arch {args.arch}: "
           f"{strides}")
+    mean, std = ", ".join(map(str, IMAGENET_MEAN)), ", ".join(map(str, IMAGENET_STD))
     print(f"wrote {path}: a numpymnv2 checkpoint with ImageNet preprocessing (central 87.5%, "
-          f"{args.resolution}x{args.resolution} RGB, mean {', '.join(map(str, IMAGENET_MEAN))}, std {', '.join(map(str, IMAGENET_STD))}); classes "
-          f"{classes_from}")
+          f"{args.resolution}x{args.resolution} RGB, mean {mean}, std {std}); classes {classes_from}")
     print(f"next: numpymnv2 predict --checkpoint {path} IMAGE ...")
     return 0

@@ -1,10 +1,10 @@
 """``numpymnv2 export SOURCE OUT.onnx``: a trained model as an ONNX file, checked in onnxruntime.
 
 ``SOURCE`` is a training checkpoint (``.npz`` from ``numpymnv2 train``, or a run folder meaning its
-``last.npz``; also one written by ``numpymnv2 convert``) or a weights file (``numpymnv2.models.save_weights``). A checkpoint and a
-weights file written by numpymnv2 describe their own architecture; ``--arch``, ``--width`` and ``--num-classes``
-are needed only for a weights file without that record, and must agree with it when given. The graph is built by
-:func:`numpymnv2.interop.onnx.to_onnx`; see that module for what it computes.
+``last.npz``; also one written by ``numpymnv2 convert``) or a weights file (``numpymnv2.models.save_weights``).
+A checkpoint and a weights file written by numpymnv2 describe their own architecture; ``--arch``, ``--width``
+and ``--num-classes`` are needed only for a weights file without that record, and must agree with it when given.
+The graph is built by :func:`numpymnv2.interop.onnx.to_onnx`; see that module for what it computes.
 """
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 import numpy as np
 
@@ -167,16 +166,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="input height and width (default: the checkpoint's, else 224)")
     p.add_argument("--num-classes", type=T.positive_int, default=None, help="classifier outputs (default 1000)")
     T.add_arch_argument(p, None, "imagenet, the paper's network; with --checkpoint, the file's")
-    p.add_argument("--preset", choices=("imagenet", "cifar"), action=_DeprecatedPreset, help=argparse.SUPPRESS)
+    T.add_deprecated_preset_argument(p)
     p.add_argument("--leaves", action="store_true", help="one row per layer instead of per block")
-
-
-class _DeprecatedPreset(argparse.Action):
-    """``--preset`` of numpymnv2 0.1, now ``--arch`` (the same word in every verb); still accepted, with a note."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"numpymnv2: note: {option_string} is deprecated, use --arch {values}", file=sys.stderr)
-        namespace.arch = values
 
 
 def run(args) -> int:

@@ -152,11 +152,13 @@ def test_a_converted_ddp_file_is_a_checkpoint_every_command_takes(tmp_path, caps
     for name in ("cat", "dog", "fox"):
         (tmp_path / "photos" / name).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+            pixels = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
     assert main(["predict", "--checkpoint", str(out), "--json", str(tmp_path / "photos" / "dog")]) == 0
     import json
     report = json.loads(capsys.readouterr().out)
-    assert len(report["predictions"]) == 2 and {t["class"] for t in report["predictions"][0]["top"]} == {"cat", "dog", "fox"}
+    assert len(report["predictions"]) == 2
+    assert {t["class"] for t in report["predictions"][0]["top"]} == {"cat", "dog", "fox"}
     assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(tmp_path / "photos"),
                  "--out", str(tmp_path / "eval")]) == 0
     assert "every image in the class sub-folders" in capsys.readouterr().out
