@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from numpymnv2.data.dataset import Dataset, check_split
-from numpymnv2.data.images import MAX_IMAGE_PIXELS, open_image, resize_image
+from numpymnv2.data.images import MAX_IMAGE_PIXELS, crop_resize, open_image, resize_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "test", "val")
@@ -61,7 +61,7 @@ def _as_size(size) -> tuple[int, int] | None:
 
 def load_image_folder(root, split: str = "train", size=None,
                       extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-                      max_pixels: int | None = MAX_IMAGE_PIXELS) -> Dataset:
+                      max_pixels: int | None = MAX_IMAGE_PIXELS, center_crop: float | None = None) -> Dataset:
     """Read every image of one split into memory, shape (N, H, W, 3).
 
     Parameters
@@ -76,6 +76,10 @@ def load_image_folder(root, split: str = "train", size=None,
         File endings to read, compared case-insensitively; other files are skipped.
     max_pixels : int or None
         Refuse any image of more pixels than this (before decoding it); see :func:`~numpymnv2.data.images.open_image`.
+    center_crop : float, optional
+        With ``size``: instead of stretching, fit each image as torchvision's evaluation transform does
+        (:func:`numpymnv2.data.images.crop_resize`): cut to the aspect ratio of ``size`` around the centre, keep
+        the central ``center_crop`` share of width and height (0.875 for torchvision's ImageNet models), resize.
 
     Raises
     ------
@@ -90,6 +94,8 @@ def load_image_folder(root, split: str = "train", size=None,
     if not root.is_dir():
         raise FileNotFoundError(f"folder: {root} is not a folder; expected root/<class>/<image files>")
     target = _as_size(size)
+    if center_crop is not None and target is None:
+        raise ValueError(f"folder: center_crop={center_crop!r} needs size=(H, W), the size to crop and resize to")
     folder, classes_from = _split_folder(root, split)
     classes = [p.name for p in _subfolders(classes_from)]
     index = {name: k for k, name in enumerate(classes)}
@@ -116,7 +122,9 @@ def load_image_folder(root, split: str = "train", size=None,
     for label, files in listing:
         for path in files:
             im = open_image(path, "RGB", max_pixels=max_pixels)
-            if target is not None:
+            if target is not None and center_crop is not None:
+                im = crop_resize(im, (target[1], target[0]), center_crop)[0]
+            elif target is not None:
                 im = resize_image(im, (target[1], target[0]))      # area averaging when shrinking
             x = np.asarray(im, dtype=np.uint8)
             if first is None:

@@ -163,6 +163,18 @@ def center_crop(im, fraction: float):
     return _centre(im, max(1, round(w * fraction)), max(1, round(h * fraction)))
 
 
+def crop_resize(im, size, fraction: float = 1.0):
+    """``(image, note)``: torchvision's evaluation transform (``Resize`` then ``CenterCrop``) on a Pillow image.
+
+    ``im`` is cut around its centre to the aspect ratio of ``size = (width, height)`` (:func:`fit_aspect`
+    ``"crop"``; ``note`` says so, or is None when the aspect already matched), its central ``fraction`` of width
+    and height is kept (:func:`center_crop`; 0.875 = 224 / 256 for torchvision's ImageNet models), and the rest
+    is resized to ``size`` (:func:`resize_image`).
+    """
+    im, note = fit_aspect(im, size, "crop")
+    return resize_image(center_crop(im, fraction), size), note
+
+
 def _centre(im, cw: int, ch: int):
     """The central ``cw x ch`` pixels of ``im``."""
     w, h = im.size

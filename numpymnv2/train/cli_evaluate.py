@@ -43,9 +43,12 @@ def configure_parser(parser) -> None:
 def image_folder_for(ckpt, data_dir, split: str):
     """``(cfg, dataset, description)`` for a checkpoint that records no training run (``numpymnv2 convert``):
     the image folder ``data_dir``, its test/ (or val/) part if it has one, else every image of its class
-    sub-folders, resized to the checkpoint's resolution."""
+    sub-folders, each fitted to the checkpoint's resolution as ``numpymnv2 predict`` fits it by default and as
+    torchvision evaluates (:func:`numpymnv2.data.images.crop_resize`: centre cut to the aspect ratio, the
+    checkpoint's ``center_crop`` share kept, resized), not stretched."""
+    from numpymnv2.data import load_dataset
     from numpymnv2.data.folder import SPLIT_FOLDERS
-    from numpymnv2.train.config import TrainConfig, load_split
+    from numpymnv2.train.config import TrainConfig
 
     if data_dir is None:
         raise ValueError(f"{ckpt.path} records no training run (converted weights?), so there is no dataset to "
@@ -58,9 +61,14 @@ def image_folder_for(ckpt, data_dir, split: str):
     cfg = TrainConfig(dataset="folder", data_dir=str(data_dir), resolution=int(pre["resolution"]),
                       dtype=pre["dtype"], val_fraction=0)
     root = Path(data_dir).expanduser()
-    if any((root / s).is_dir() for s in SPLIT_FOLDERS):
-        return cfg, load_split(cfg, "test"), f"the test/ (or val/) images of {root}"
-    return cfg, load_split(cfg, "train"), f"every image in the class sub-folders of {root}"
+    fraction = float(pre.get("center_crop", 1.0))
+    kept = f", the central {100 * fraction:g}% kept" if fraction < 1 else ""
+    fitted = f"centre-cropped to the aspect ratio{kept} and resized to {cfg.resolution}x{cfg.resolution} (as predict)"
+    folder = "test" if any((root / s).is_dir() for s in SPLIT_FOLDERS) else "train"
+    data = load_dataset("folder", str(root), split=folder, size=cfg.resolution, center_crop=fraction)
+    if folder == "test":
+        return cfg, data, f"the test/ (or val/) images of {root}, {fitted}"
+    return cfg, data, f"every image in the class sub-folders of {root}, {fitted}"
 
 
 def evaluate_with_top_k(model, loader, num_classes: int, parallel=None):

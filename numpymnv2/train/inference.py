@@ -82,17 +82,19 @@ def load_image(path, preprocess: dict, resize: str = "crop") -> tuple[np.ndarray
     FileNotFoundError, IsADirectoryError, PermissionError, ValueError
         As :func:`numpymnv2.data.images.open_image`.
     """
-    from numpymnv2.data.images import center_crop, fit_aspect, open_image, resize_image
+    from numpymnv2.data.images import crop_resize, fit_aspect, open_image, resize_image
     H, W = preprocess["image_size"]
     mode = "L" if preprocess["channels"] == 1 else "RGB"
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image {p} does not exist")
     im = open_image(p, mode)        # every Pillow mode converted alike (16-bit scaled, alpha composited, ...)
-    im, note = fit_aspect(im, (W, H), resize)
     if resize == "crop":
-        im = center_crop(im, preprocess.get("center_crop", 1.0))
-    x = np.asarray(resize_image(im, (W, H)), dtype=np.uint8)
+        im, note = crop_resize(im, (W, H), preprocess.get("center_crop", 1.0))
+    else:
+        im, note = fit_aspect(im, (W, H), resize)
+        im = resize_image(im, (W, H))
+    x = np.asarray(im, dtype=np.uint8)
     return (x[..., None] if x.ndim == 2 else x), [note] if note else []
 
 

@@ -59,6 +59,30 @@ def test_sizes_must_match_unless_resized(tmp_path):
     assert (ds.images == 9).all()
 
 
+def test_center_crop_fits_each_image_as_predict_and_torchvision_do(tmp_path):
+    """With center_crop, a wide image loses its sides and then its outer 12.5% instead of being squeezed; the
+    arrays equal what predict's load_image makes of each file."""
+    from numpymnv2.train.inference import load_image
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, 20:60] = 200                                     # a bright centre 40 wide, dark sides
+    wide[10:30, 30:50] = 50                                  # and a dark square inside it
+    (tmp_path / "a").mkdir()
+    Image.fromarray(wide).save(tmp_path / "a" / "wide.png")
+    tall = np.random.default_rng(0).integers(0, 255, (90, 30, 3), dtype=np.uint8)
+    Image.fromarray(tall).save(tmp_path / "a" / "tall.png")
+    cropped = load_dataset("folder", tmp_path, size=16, center_crop=0.875)
+    stretched = load_dataset("folder", tmp_path, size=16)
+    pre = {"image_size": [16, 16], "channels": 3, "center_crop": 0.875}
+    for k, name in enumerate(["tall.png", "wide.png"]):
+        assert np.array_equal(cropped.images[k], load_image(tmp_path / "a" / name, pre)[0])
+    crop_wide, squeezed = cropped.images[1], stretched.images[1]
+    assert crop_wide[:, [0, -1]].min() > 150                 # the dark sides are cut off, not squeezed in
+    assert squeezed[:, [0, -1]].max() < 10
+    assert crop_wide[8, 8].max() == 50                       # the square still at the centre
+    with pytest.raises(ValueError, match="center_crop=0.875 needs size"):
+        load_dataset("folder", tmp_path, center_crop=0.875)
+
+
 def test_missing_root_and_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset("folder", tmp_path / "nowhere")

@@ -161,7 +161,19 @@ def test_a_converted_ddp_file_is_a_checkpoint_every_command_takes(tmp_path, caps
     assert {t["class"] for t in report["predictions"][0]["top"]} == {"cat", "dog", "fox"}
     assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(tmp_path / "photos"),
                  "--out", str(tmp_path / "eval")]) == 0
-    assert "every image in the class sub-folders" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "every image in the class sub-folders" in printed and "central 87.5% kept" in printed
+    # evaluate fits the 100x80 photos as predict does (centre crop, not stretch): the same predictions
+    predicted = []
+    for name in ("cat", "dog", "fox"):
+        assert main(["predict", "--checkpoint", str(out), "--json", str(tmp_path / "photos" / name)]) == 0
+        predicted += [(name, p["top"][0]["class"]) for p in json.loads(capsys.readouterr().out)["predictions"]]
+    names = ["cat", "dog", "fox"]
+    expected = np.zeros((3, 3), int)
+    for true, guess in predicted:
+        expected[names.index(true), names.index(guess)] += 1
+    evaluation = json.loads((tmp_path / "eval" / "model_test_evaluation.json").read_text())
+    assert evaluation["confusion_matrix"] == expected.tolist()
     assert main(["evaluate", "--checkpoint", str(out)]) == 2
     assert "pass --data-dir DIR" in capsys.readouterr().err
     assert main(["summary", "--checkpoint", str(out)]) == 0
