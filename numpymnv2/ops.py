@@ -34,6 +34,7 @@ from numpymnv2.kernels import batchnorm as fast_batchnorm
 from numpymnv2.kernels import conv2d as fast_conv2d
 from numpymnv2.kernels import depthwise as fast_depthwise
 from numpymnv2.kernels import fused as fast_fused
+from numpymnv2.kernels import pointwise as fast_pointwise
 
 
 class Impl(NamedTuple):
@@ -70,8 +71,10 @@ DEPTHWISE_CONV2D = Op(
     "depthwise_conv2d",
     reference=Impl(ref_depthwise.depthwise_conv2d_forward, ref_depthwise.depthwise_conv2d_backward),
     fast=Impl(fast_depthwise.depthwise_conv2d_forward, fast_depthwise.depthwise_conv2d_backward))
-POINTWISE_CONV2D = Op("pointwise_conv2d",                                                   # one BLAS GEMM
-                      *_same(ref_pointwise.pointwise_conv2d_forward, ref_pointwise.pointwise_conv2d_backward))
+POINTWISE_CONV2D = Op(                              # BLAS GEMMs; the fast pair may split them over Numba's threads
+    "pointwise_conv2d",
+    reference=Impl(ref_pointwise.pointwise_conv2d_forward, ref_pointwise.pointwise_conv2d_backward),
+    fast=Impl(fast_pointwise.pointwise_conv2d_forward, fast_pointwise.pointwise_conv2d_backward))
 BATCHNORM = Op(
     "batchnorm",
     reference=Impl(ref_batchnorm.batchnorm_forward, ref_batchnorm.batchnorm_backward),

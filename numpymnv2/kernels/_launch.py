@@ -35,6 +35,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from numpymnv2.kernels import _threads
+
 LAUNCH_LOCK = threading.Lock()
 
 # Below this many elements of work a kernel runs serially in the calling thread: waking the pool costs more
@@ -44,7 +46,11 @@ LAUNCH_LOCK = threading.Lock()
 # multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
 # passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). 2^17 made every
 # small layer of a batch-32, 32x32 step 2-3x slower than serial.
-PARALLEL_MIN_WORK = 1 << 22
+# With the OpenMP layer (NUMPYMNV2_THREADING=omp, see numpymnv2.kernels._threads) a launch costs about 0.004 ms:
+# there 2^16 (measured at batch 16, 96x96, width 0.5: 2^14, 2^16 and 2^18 within the noise of each other).
+WORKQUEUE_MIN_WORK = 1 << 22
+OMP_MIN_WORK = 1 << 16
+PARALLEL_MIN_WORK = OMP_MIN_WORK if _threads.fast_launch() else WORKQUEUE_MIN_WORK
 
 
 def num_chunks(rows: int, work: int) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 
 from numpymnv2.backend import get_backend
 from numpymnv2.kernels import conv2d as fast_conv2d
+from numpymnv2.kernels import gemm as fast_gemm
 from numpymnv2.kernels import inference as fast_inference
 from numpymnv2.nn.layers import BatchNorm2d, Conv2d, DepthwiseConv2d, PointwiseConv2d
 from numpymnv2.ops import CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D
@@ -180,7 +181,7 @@ class _Plan:
                 self.calls.append(fast_inference.depthwise_bias_act_call(
                     x, step.weight, step.stride, step.padding, step.bias, step.activation, out))
             elif step.kind == "pointwise":
-                self.calls.append((np.matmul, (x.reshape(-1, x.shape[-1]), model._pointwise_t[i],
+                self.calls.append((fast_gemm.matmul, (x.reshape(-1, x.shape[-1]), model._pointwise_t[i],
                                                out.reshape(-1, out.shape[-1]))))
                 if i == len(steps) - 1:
                     self.calls.append(fast_inference.bias_act_pool_call(out, step.bias, step.activation,
@@ -263,7 +264,7 @@ class FoldedMobileNetV2:
             plan = self._local.plan = _Plan(self, x.shape, x.dtype)
         stem = self.steps[0]
         cols = fast_conv2d.im2col(x, stem.weight.shape[1], stem.stride, stem.padding)
-        np.matmul(cols.reshape(plan.stem_out.shape[0], -1), self._stem_t, out=plan.stem_out)
+        fast_gemm.matmul(cols.reshape(plan.stem_out.shape[0], -1), self._stem_t, out=plan.stem_out)
         for function, args in plan.calls:
             function(*args)
         return plan.pooled @ self.classifier_weight.T + self.classifier_bias

@@ -34,6 +34,38 @@ def test_fresh_process_gets_workqueue_and_keeps_blas_threads():
     assert blas == "unchanged"
 
 
+def test_fresh_process_with_omp_splits_the_products_on_one_blas_thread():
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("numba.np.ufunc.omppool", reason="Numba's OpenMP layer needs the system's libgomp")
+    code = ("import numpymnv2.kernels as K, numpymnv2.kernels._threads as t, numpymnv2.kernels._launch as l, "
+            "threadpoolctl, numpy as np; info = t.info(); "
+            "x = np.ones((300, 8), np.float32); from numpymnv2.kernels import gemm; "
+            "assert (gemm.matmul(x, x.T[:, :5].copy()) == 8).all(); "
+            "print(info['numba_threading_layer'], info['openblas_threads'], info['split_products'], "
+            "l.PARALLEL_MIN_WORK == l.OMP_MIN_WORK, "
+            "sorted({d['num_threads'] for d in threadpoolctl.threadpool_info() if d['internal_api'] == 'openblas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_BLAS_THREADS")}
+    env["NUMPYMNV2_THREADING"] = "omp"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["omp", "1", "True", "True", "[1]"]
+
+
+def test_configure_refuses_an_unknown_threading_mode(fresh_configure):
+    fresh_configure.setenv("NUMPYMNV2_THREADING", "tbb")
+    with pytest.raises(ValueError, match="NUMPYMNV2_THREADING: expected omp, off or nothing, got 'tbb'"):
+        _threads.configure()
+
+
+def test_omp_without_scipy_keeps_the_default_and_says_why(fresh_configure):
+    fresh_configure.setenv("NUMPYMNV2_THREADING", "omp")
+    fresh_configure.setitem(sys.modules, "scipy.linalg.cython_blas", None)     # import fails as if missing
+    decisions = _threads.configure()
+    assert decisions["numba_threading_layer"] == "workqueue" and not decisions["split_products"]
+    assert decisions["numpymnv2_threading"] == "default: NUMPYMNV2_THREADING=omp needs SciPy (pip install scipy, or the [omp] extra)"
+    assert not _threads.fast_launch() and not _threads.split_products()
+
+
 def test_blas_threads_limited_on_request():
     layer, blas, threads = _fresh_process_info({"NUMPYMNV2_BLAS_THREADS": "1"})
     assert layer == "workqueue"
@@ -53,7 +85,8 @@ def fresh_configure(monkeypatch):
 
 def test_configure_chooses_workqueue_once(fresh_configure):
     decisions = _threads.configure()
-    assert decisions == {"numba_threading_layer": "workqueue", "openblas_threads": "unchanged"}
+    assert decisions == {"numba_threading_layer": "workqueue", "openblas_threads": "unchanged",
+                         "split_products": False}
     assert numba.config.THREADING_LAYER == "workqueue"
     assert _threads.configure() is decisions
 

@@ -1,0 +1,110 @@
+"""numpymnv2.kernels.gemm: the products split over Numba's pool (NUMPYMNV2_THREADING=omp) equal NumPy's, on
+both kernel copies, and fall back to NumPy's matmul where they do not apply; the fast pointwise pair built on
+them matches the reference."""
+import numpy as np
+import pytest
+
+from kernel_settings import TOL, kernel_copy
+from numpymnv2.functional import pointwise as ref_pointwise
+from numpymnv2.kernels import _threads, gemm
+from numpymnv2.kernels import pointwise as fast_pointwise
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """The split products switched on, as under NUMPYMNV2_THREADING=omp (np.dot in a Numba kernel needs SciPy)."""
+    pytest.importorskip("scipy")
+    monkeypatch.setitem(_threads._decisions, "split_products", True)
+
+
+def _arrays(M, K, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+
+
+def _count_launches(monkeypatch):
+    launches = []
+    for kernel in (gemm._PRODUCTS, gemm._PRODUCTS_TN):
+        def counted(*args, _launch=kernel.launch):
+            launches.append(args[0])
+            return _launch(*args)
+        monkeypatch.setattr(kernel, "launch", counted)
+    return launches
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M", [64, 65, 201])        # the smallest split (two blocks of 32 rows), uneven blocks
+def test_split_products_equal_numpy(split, monkeypatch, dtype, M):
+    # the products are split only when the work would run in parallel, so only the parallel copy ever runs
+    a, b = _arrays(M, 7, 5, dtype)
+    w = np.ascontiguousarray(b.T)                   # a weight T (C_out, C_in): the product takes T.T, F-ordered
+    out = np.full((M, 5), np.nan, dtype)
+    launches = _count_launches(monkeypatch)
+    with kernel_copy("parallel"):
+        assert gemm.matmul(a, w.T, out) is out
+        fresh = gemm.matmul(a, b)
+        tn = gemm.matmul_tn(a, out)
+    assert len(launches) == 3
+    with kernel_copy("serial"):                     # below the parallel work: one BLAS call, not split
+        np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
+    assert len(launches) == 3
+    tol = TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(out, a @ b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fresh, a @ b, rtol=tol, atol=tol)
+    assert fresh.dtype == tn.dtype == dtype and tn.shape == (7, 5)
+    np.testing.assert_allclose(tn, a.T @ out, rtol=tol, atol=tol * M)
+
+
+def test_split_weight_gradient_adds_every_threads_block(split):
+    # rows of ones: each block's partial product counts its rows, so a lost or doubled block shows exactly
+    a, b = np.ones((130, 2)), np.ones((130, 3))
+    with kernel_copy("parallel"):
+        assert gemm.matmul_tn(a, b).tolist() == [[130.0] * 3] * 2
+
+
+@pytest.mark.parametrize("case", ["few rows", "mixed dtypes", "strided a"])
+def test_numpy_runs_what_the_split_does_not_take(split, monkeypatch, case):
+    a, b = _arrays(128, 4, 3, np.float32)
+    if case == "few rows":
+        a = a[:63]                                  # fewer than two blocks of 32 rows
+    elif case == "mixed dtypes":
+        b = b.astype(np.float64)
+    else:
+        a = np.asfortranarray(a)
+    monkeypatch.setattr(gemm._PRODUCTS, "launch", lambda *args: pytest.fail("the split ran"))
+    monkeypatch.setattr(gemm._PRODUCTS_TN, "launch", lambda *args: pytest.fail("the split ran"))
+    with kernel_copy("parallel"):
+        np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
+        if case != "mixed dtypes":
+            np.testing.assert_array_equal(gemm.matmul_tn(a, a), a.T @ a)
+
+
+def test_without_the_split_the_products_are_numpys(monkeypatch):
+    monkeypatch.setitem(_threads._decisions, "split_products", False)
+    a, b = _arrays(300, 6, 4, np.float32)
+    with kernel_copy("parallel"):
+        np.testing.assert_array_equal(gemm.matmul(a, b), a @ b)
+        np.testing.assert_array_equal(gemm.matmul_tn(a, a), a.T @ a)
+
+
+@pytest.mark.parametrize("split_on", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_pointwise_matches_the_reference(monkeypatch, split_on, dtype):
+    if split_on:
+        pytest.importorskip("scipy")
+    monkeypatch.setitem(_threads._decisions, "split_products", split_on)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 7, 5)).astype(dtype)
+    T = rng.standard_normal((9, 5)).astype(dtype)
+    dz = rng.standard_normal((2, 6, 7, 9)).astype(dtype)
+    with kernel_copy("parallel"):
+        z, cache = fast_pointwise.pointwise_conv2d_forward(x, T)
+        dx, dT = fast_pointwise.pointwise_conv2d_backward(dz, cache)
+    z_ref, cache_ref = ref_pointwise.pointwise_conv2d_forward(x, T)
+    dx_ref, dT_ref = ref_pointwise.pointwise_conv2d_backward(dz, cache_ref)
+    tol = TOL[np.dtype(dtype)]
+    for got, want in ((z, z_ref), (dx, dx_ref), (dT, dT_ref)):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol, atol=10 * tol)
+    with pytest.raises(ValueError, match="weight expects 4 input channels"):
+        fast_pointwise.pointwise_conv2d_forward(x, T[:, :4])
