@@ -37,6 +37,14 @@ positive_float = _at_least(float, 0.0, True, "a number > 0")
 nonnegative_float = _at_least(float, 0.0, False, "a number >= 0")
 
 
+def path(text: str) -> str:
+    """A file or folder name: any string but an empty (or blank) one, which a caller would otherwise read as "not
+    given" and quietly replace by a default folder, or as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder name, got {text!r}")
+    return text
+
+
 def fraction(text: str) -> float:
     """A probability-like number in [0, 1)."""
     value = _number(text, float)

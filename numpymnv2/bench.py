@@ -582,14 +582,14 @@ def _busy_loop_process():
 # CLI
 # ----------------------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from numpymnv2._argtypes import positive_int
+    from numpymnv2._argtypes import path, positive_int
     parser.add_argument("--suite", choices=("ops", "model", "extra", "onnx", "all"), default="all",
                         help="which benchmarks to run (default: all)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds per side (default 3)")
     parser.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per round (default 5)")
     parser.add_argument("--quick", action="store_true", help="first two model rows and fewer op shapes")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
-    parser.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
+    parser.add_argument("--json", metavar="PATH", type=path, help="also write every measurement to this JSON file")
 
 
 def run(args) -> int:

@@ -425,15 +425,15 @@ def write_outputs(result: dict, out) -> list[Path]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``numpymnv2 ablate`` options to ``parser``."""
+    from numpymnv2._argtypes import add_arch_argument, path
     d = AblationSettings()
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=d.variants, metavar="V",
                         help=f"which blocks to train: {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=d.seeds, metavar="S",
                         help=f"seeds, each run by every variant (default: {' '.join(map(str, d.seeds))})")
     parser.add_argument("--dataset", default=d.dataset, help=f"as numpymnv2 train (default: {d.dataset}, built in)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="as numpymnv2 train")
+    parser.add_argument("--data-dir", default=None, metavar="DIR", type=path, help="as numpymnv2 train")
     parser.add_argument("--width", type=float, default=d.width, help=f"width multiplier (default: {d.width})")
-    from numpymnv2._argtypes import add_arch_argument
     add_arch_argument(parser, d.arch, f"{d.arch}, the fastest to train; the published ablation figures use it")
     parser.add_argument("--resolution", type=int, default=d.resolution,
                         help=f"images are resized to this many pixels square, as numpymnv2 train "
@@ -461,7 +461,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="runs trained at once, each in its own single-threaded process (default: "
                              "min(2, cores))")
     parser.add_argument("--verbose", action="store_true", help="one line per epoch of every run")
-    parser.add_argument("--out", default="runs/ablate",
+    parser.add_argument("--out", default="runs/ablate", type=path,
                         help="folder for ablation.json/.md/.png, sparsity.png and the runs (default: runs/ablate)")
 
 

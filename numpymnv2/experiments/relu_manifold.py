@@ -481,6 +481,7 @@ def plot_relu_manifold(result: ManifoldResult, path) -> Path:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``numpymnv2 relu-manifold`` options to ``parser``."""
+    from numpymnv2._argtypes import path
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3, 5, 15, 30], metavar="D",
                         help="output dimensions d of the random embedding T (default: 2 3 5 15 30)")
     parser.add_argument("--points", type=int, default=1000, help="points on the spiral, >= 10 (default: 1000)")
@@ -491,7 +492,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="relative error below which a point counts as recovered (default: 0.05)")
     parser.add_argument("--radius", type=float, default=1.0,
                         help="size of the spiral, 1e-6 to 1e6; matters only for relu6, which clips at 6 (default: 1)")
-    parser.add_argument("--out", default="runs/relu-manifold",
+    parser.add_argument("--out", default="runs/relu-manifold", type=path,
                         help="folder for relu_manifold.png and relu_manifold.json (default: runs/relu-manifold)")
 
 

@@ -391,7 +391,8 @@ def plot_sparsity(reports, path, title: str = "", colors: dict | None = None) ->
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``numpymnv2 sparsity`` options to ``parser``."""
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+    from numpymnv2._argtypes import path
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", type=path,
                         help="a trainer checkpoint (.npz), a run folder (its last.npz) or a weights .npz")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"a kernel is near zero when its norm is below this (default: {DEFAULT_THRESHOLD}); "
@@ -399,7 +400,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="relative",
                         help="relative: threshold x the layer's largest kernel norm; absolute: the norm itself "
                              "(default: relative)")
-    parser.add_argument("--out", default="runs/sparsity",
+    parser.add_argument("--out", default="runs/sparsity", type=path,
                         help="folder for sparsity.json and sparsity.png (default: runs/sparsity)")
 
 

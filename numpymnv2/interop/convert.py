@@ -88,17 +88,18 @@ def read_class_names(path) -> list[str]:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     from numpymnv2 import _argtypes as T
-    p.add_argument("source", help="torchvision MobileNetV2 state_dict (.pth) from torch.save(model.state_dict()), "
-                                  "also wrapped in a dict under 'state_dict' or 'model', or saved from DDP")
-    p.add_argument("output", help="the numpymnv2 checkpoint to write (.npz), for predict, evaluate, summary and "
-                                  "export")
+    p.add_argument("source", type=T.path,
+                   help="torchvision MobileNetV2 state_dict (.pth) from torch.save(model.state_dict()), also wrapped "
+                        "in a dict under 'state_dict' or 'model', or saved from DDP")
+    p.add_argument("output", type=T.path,
+                   help="the numpymnv2 checkpoint to write (.npz), for predict, evaluate, summary and export")
     p.add_argument("--width", type=T.positive_float, default=None,
                    help="width multiplier the weights were trained with (default: read from the channel counts; "
                         "an error if given and the weights have other channels)")
     p.add_argument("--num-classes", type=T.positive_int, default=None,
                    help="classifier outputs (default: read from the file)")
     T.add_arch_argument(p, "imagenet", "imagenet, torchvision's; the weights do not record strides")
-    p.add_argument("--classes", metavar="FILE", default=None,
+    p.add_argument("--classes", metavar="FILE", default=None, type=T.path,
                    help="class names, one per line in the classifier's order (default: the numbers 0 to K-1)")
     p.add_argument("--resolution", type=T.resolution, default=224,
                    help="input size predict and evaluate resize images to (default: 224, torchvision's)")

@@ -17,12 +17,12 @@ from numpymnv2.models.mobilenetv2 import arch_of
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    from numpymnv2._argtypes import add_arch_argument
+    from numpymnv2._argtypes import add_arch_argument, path
     from numpymnv2.interop.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, MAX_OPSET, MIN_OPSET
 
-    p.add_argument("source", metavar="CHECKPOINT_OR_WEIGHTS",
+    p.add_argument("source", metavar="CHECKPOINT_OR_WEIGHTS", type=path,
                    help="a checkpoint or run folder from `numpymnv2 train`, or a weights .npz")
-    p.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (replaced atomically)")
+    p.add_argument("output", metavar="OUT.onnx", type=path, help="the ONNX file to write (replaced atomically)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
     p.add_argument("--preprocess", action="store_true",

@@ -158,7 +158,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Per-layer table of MobileNetV2: output shapes, parameters and multiply-adds per image. "
                      "Without --checkpoint, of a freshly built network (by default the paper's: width 1.0, 1000 "
                      "classes, 224x224); with it, of the trained model the file holds.")
-    p.add_argument("--checkpoint", metavar="PATH", default=None,
+    p.add_argument("--checkpoint", metavar="PATH", default=None, type=T.path,
                    help="the model of a checkpoint or run folder (numpymnv2 train, numpymnv2 convert) or of a "
                         "weights file; its architecture and resolution are read from the file")
     p.add_argument("--width", type=T.positive_float, default=None, help="width multiplier (default 1.0)")

@@ -29,7 +29,7 @@ EXIT_INTERRUPTED = 130
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from numpymnv2._argtypes import add_arch_argument
+    from numpymnv2._argtypes import add_arch_argument, path
     from numpymnv2.data.dataset import DATASET_NAMES
     d = TrainConfig()
     parser.description = (
@@ -39,7 +39,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                       help=f"what to train on (default: {d.dataset}, built in)")
-    data.add_argument("--data-dir", default=None, metavar="DIR",
+    data.add_argument("--data-dir", default=None, metavar="DIR", type=path,
                       help="folder holding the dataset's files (for folder: one sub-folder per class, or train/ "
                            "and test/ holding those); default $NUMPYMNV2_DATA or ~/.cache/numpymnv2")
     data.add_argument("--resolution", type=int, default=None, metavar="PX",
@@ -94,8 +94,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=None,
                      help=f"fixes the initial weights, the data order, augmentation and dropout (default: {d.seed})")
     run = parser.add_argument_group("run")
-    run.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<dataset>)")
-    run.add_argument("--resume", nargs="?", const=_FROM_OUT, default=None, metavar="PATH",
+    run.add_argument("--out", default=None, metavar="DIR", type=path, help="output folder (default: runs/<dataset>)")
+    run.add_argument("--resume", nargs="?", const=_FROM_OUT, default=None, metavar="PATH", type=path,
                      help="continue a run: alone, from --out's last.npz; or from the checkpoint PATH. The run "
                           "keeps its configuration; only --epochs (and --data-dir) may change")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")

@@ -20,13 +20,14 @@ TOP_K = 5       # top-5 accuracy is reported for more than 5 classes (with 5 or 
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+    from numpymnv2._argtypes import path
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", type=path,
                         help="a checkpoint (.npz) written by `numpymnv2 train`, or a run folder (its last.npz)")
     parser.add_argument("--split", choices=EVAL_SPLITS, default="test",
                         help="test: the dataset's test split; train / val: the images the run trained / validated "
                              "on (the checkpoint stores which; val is a held-out part of the train split unless "
                              "the run had --val-fraction 0) (default: test)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
+    parser.add_argument("--data-dir", default=None, metavar="DIR", type=path,
                         help="where the dataset's files are, if not where training found them; for a checkpoint "
                              "without a training run (numpymnv2 convert), an image folder with one sub-folder per "
                              "class")
@@ -34,7 +35,7 @@ def configure_parser(parser) -> None:
                         help="evaluate a random subset of at most N images")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="images per forward pass; only speed and memory depend on it (default: 256)")
-    parser.add_argument("--out", default=None, metavar="DIR",
+    parser.add_argument("--out", default=None, metavar="DIR", type=path,
                         help="where to write the confusion matrix PNG and JSON (default: the checkpoint's folder)")
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
                         help="the Numba kernels or the readable NumPy code (default: fast)")

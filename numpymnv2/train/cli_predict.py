@@ -13,12 +13,12 @@ from pathlib import Path
 
 
 def configure_parser(parser) -> None:
-    from numpymnv2._argtypes import positive_int
+    from numpymnv2._argtypes import path, positive_int
     from numpymnv2.data.images import RESIZE_MODES
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
+    parser.add_argument("images", nargs="+", metavar="IMAGE", type=path,
                         help="image files (PNG, JPEG, ...) or folders, meaning every image file directly inside "
                              "them, in name order")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", type=path,
                         help="a checkpoint (.npz) written by `numpymnv2 train` or `numpymnv2 convert`, or a run "
                              "folder (its last.npz)")
     parser.add_argument("--top-k", type=positive_int, default=3, metavar="K",
@@ -40,7 +40,7 @@ def configure_parser(parser) -> None:
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv",
                      help="print the predictions as CSV instead of text: image, rank, class, probability, "
                           "inverted, notes")
-    parser.add_argument("--output", "-o", metavar="FILE", default=None,
+    parser.add_argument("--output", "-o", metavar="FILE", default=None, type=path,
                         help="write the predictions (text, --json or --csv) to FILE instead of stdout")
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast",
                         help="the Numba kernels or the readable NumPy code (default: fast)")
