@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numba
+import numpy as np
 import pytest
 
 from numpymnv2.kernels import _threads
@@ -143,3 +144,39 @@ def test_info_reports_the_running_layer_once_the_pool_started(monkeypatch):
     monkeypatch.setattr(_threads, "_numba_pool_started", lambda: True)
     monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
     assert _threads.info()["numba_threading_layer_running"] == "workqueue"
+
+
+_STEP_SCRIPT = """
+import numpy as np
+import numpymnv2 as mn
+from numpymnv2.kernels import _threads
+from numpymnv2.models import MobileNetV2
+model = MobileNetV2(num_classes=5, width_mult=0.35, seed=0).double().train()
+x = np.random.default_rng(1).standard_normal((8, 40, 40, 3))
+loss, dlogits = mn.softmax_cross_entropy(model(x), np.arange(8) % 5)
+model.backward(dlogits)
+grads = np.concatenate([p.grad.ravel() for p in model.parameters()])
+stats = np.concatenate([m.running_var for m in model.modules() if hasattr(m, "running_var")])
+print(_threads.info()["numba_threading_layer"], _threads.split_products())
+print(*(repr(float(v)) for v in [loss, *grads[::97], *stats[::13]]))
+"""
+
+
+def test_a_train_step_under_omp_equals_the_default_one():
+    """The whole network, forward and backward in float64, in a fresh process under each threading mode: the
+    loss, gradients and running statistics agree (the split products sum in another order)."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("numba.np.ufunc.omppool", reason="Numba's OpenMP layer needs the system's libgomp")
+    outs = {}
+    for mode in ("", "omp"):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_BLAS_THREADS", "NUMPYMNV2_THREADING")}
+        env["NUMPYMNV2_THREADING"] = mode
+        lines = subprocess.run([sys.executable, "-c", _STEP_SCRIPT], env=env, capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        outs[mode] = lines
+    assert outs[""][0] == "workqueue False" and outs["omp"][0] == "omp True"
+    default, omp = (np.array([float(v) for v in outs[m][1].split()]) for m in ("", "omp"))
+    assert default.size > 100
+    np.testing.assert_allclose(omp, default, rtol=1e-10, atol=1e-13)
