@@ -63,7 +63,8 @@ def test_omp_without_scipy_keeps_the_default_and_says_why(fresh_configure):
     fresh_configure.setitem(sys.modules, "scipy.linalg.cython_blas", None)     # import fails as if missing
     decisions = _threads.configure()
     assert decisions["numba_threading_layer"] == "workqueue" and not decisions["split_products"]
-    assert decisions["numpymnv2_threading"] == "default: NUMPYMNV2_THREADING=omp needs SciPy (pip install scipy, or the [omp] extra)"
+    assert decisions["numpymnv2_threading"] == ("default: NUMPYMNV2_THREADING=omp needs SciPy (pip install scipy, "
+                                                "or the [omp] extra)")
     assert not _threads.fast_launch() and not _threads.split_products()
 
 
