@@ -122,8 +122,10 @@ def _limit_blas(threads: int, with_scipy: bool):
 
 
 def fast_launch() -> bool:
-    """Whether Numba's pool is OpenMP, which starts a parallel kernel in microseconds."""
-    return str(_decisions.get("numba_threading_layer", "")).startswith("omp")
+    """Whether this module chose Numba's OpenMP layer (``NUMPYMNV2_THREADING=omp``), which starts a parallel
+    kernel in microseconds. Not when the user chose it with ``NUMBA_THREADING_LAYER``: NumPy's BLAS keeps its
+    threads then, and small parallel kernels beside two spinning pools made a step several times slower."""
+    return _decisions.get("numba_threading_layer") == "omp"
 
 
 def split_products() -> bool:

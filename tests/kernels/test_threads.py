@@ -100,6 +100,7 @@ def test_configure_respects_the_users_choices(fresh_configure):
     fresh_configure.delenv("NUMPYMNV2_THREADING")
     fresh_configure.setenv("NUMBA_THREADING_LAYER", "omp")
     assert _threads.configure()["numba_threading_layer"] == "omp (NUMBA_THREADING_LAYER)"
+    assert not _threads.fast_launch() and not _threads.split_products()    # BLAS keeps its threads: no split
     fresh_configure.setattr(_threads, "_decisions", {})
     fresh_configure.delenv("NUMBA_THREADING_LAYER")
     fresh_configure.setattr(_threads, "_numba_pool_started", lambda: True)
