@@ -17,6 +17,14 @@ class PointwiseCache(NamedTuple):
     T: np.ndarray             # (C_out, C_in)
 
 
+def check_channels(x: np.ndarray, T: np.ndarray) -> tuple[int, int]:
+    """``(C_out, C_in)`` of the weight ``T``, after checking that ``x``'s last axis has ``C_in`` channels."""
+    C_out, C_in = T.shape
+    if x.shape[-1] != C_in:
+        raise ValueError(f"pointwise_conv2d: weight expects {C_in} input channels, got input shape {x.shape}")
+    return C_out, C_in
+
+
 def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
     """1x1 convolution, stride 1, no bias.
 
@@ -41,9 +49,7 @@ def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
         dL/dT = dZ^T @ X        (sum over pixels of the outer products dz a^T)
         dL/dX = dZ @ T          (each pixel's gradient mapped back by T^T)
     """
-    C_out, C_in = T.shape
-    if x.shape[-1] != C_in:
-        raise ValueError(f"pointwise_conv2d: weight expects {C_in} input channels, got input shape {x.shape}")
+    C_out, C_in = check_channels(x, T)
     z = x.reshape(-1, C_in) @ T.T
     return z.reshape(*x.shape[:-1], C_out), PointwiseCache(x, T)
 

@@ -46,11 +46,12 @@ LAUNCH_LOCK = threading.Lock()
 # multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
 # passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). 2^17 made every
 # small layer of a batch-32, 32x32 step 2-3x slower than serial.
-# With the OpenMP layer (NUMPYMNV2_THREADING=omp, see numpymnv2.kernels._threads) a launch costs about 0.004 ms:
-# there 2^16 (measured at batch 16, 96x96, width 0.5: 2^14, 2^16 and 2^18 within the noise of each other).
+# With the OpenMP layer and BLAS on one thread (NUMPYMNV2_THREADING=omp, see numpymnv2.kernels._threads) a launch
+# costs about 0.004 ms: there 2^16 (measured at batch 16, 96x96, width 0.5: 2^14, 2^16 and 2^18 within the noise
+# of each other).
 WORKQUEUE_MIN_WORK = 1 << 22
 OMP_MIN_WORK = 1 << 16
-PARALLEL_MIN_WORK = OMP_MIN_WORK if _threads.fast_launch() else WORKQUEUE_MIN_WORK
+PARALLEL_MIN_WORK = OMP_MIN_WORK if _threads.split_products() else WORKQUEUE_MIN_WORK
 
 
 def num_chunks(rows: int, work: int) -> int:

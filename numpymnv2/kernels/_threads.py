@@ -83,13 +83,14 @@ def configure() -> dict:
         layer = "omp" if mode == "omp" and not missing else "workqueue"
         numba.config.THREADING_LAYER = layer
         _decisions["numba_threading_layer"] = layer
-    split = _decisions["numba_threading_layer"] == "omp"
-    if wanted or split:
-        _decisions["openblas_threads"] = _limit_blas(int(wanted) if wanted else 1, with_scipy=split)
+    # only the OpenMP layer chosen here, not a user's NUMBA_THREADING_LAYER=omp, which keeps NumPy's BLAS as it is
+    chosen_omp = _decisions["numba_threading_layer"] == "omp"
+    if wanted or chosen_omp:
+        _decisions["openblas_threads"] = _limit_blas(int(wanted) if wanted else 1, with_scipy=chosen_omp)
     else:
         _decisions["openblas_threads"] = "unchanged"
-    # the products go to Numba's pool only where BLAS is on one thread (else two pools would contend)
-    _decisions["split_products"] = split and _decisions["openblas_threads"] == 1
+    # the products go to Numba's pool only where BLAS is on one thread (else two spinning pools would contend)
+    _decisions["split_products"] = chosen_omp and _decisions["openblas_threads"] == 1
     return _decisions
 
 
@@ -121,16 +122,12 @@ def _limit_blas(threads: int, with_scipy: bool):
     return threads
 
 
-def fast_launch() -> bool:
-    """Whether this module chose Numba's OpenMP layer (``NUMPYMNV2_THREADING=omp``), which starts a parallel
-    kernel in microseconds. Not when the user chose it with ``NUMBA_THREADING_LAYER``: NumPy's BLAS keeps its
-    threads then, and small parallel kernels beside two spinning pools made a step several times slower."""
-    return _decisions.get("numba_threading_layer") == "omp"
-
-
 def split_products() -> bool:
-    """Whether :mod:`numpymnv2.kernels.gemm` splits the products over Numba's pool (OpenMP, BLAS on one
-    thread) rather than leaving them to NumPy's BLAS threads."""
+    """Whether ``NUMPYMNV2_THREADING=omp`` is in effect: Numba's OpenMP layer chosen here, every BLAS on one
+    thread, and :mod:`numpymnv2.kernels.gemm` splitting the products over Numba's pool. Only then do small
+    kernels run in parallel (:data:`numpymnv2.kernels._launch.PARALLEL_MIN_WORK`): beside BLAS threads that
+    spin too (a user's ``NUMBA_THREADING_LAYER=omp``, or ``NUMPYMNV2_BLAS_THREADS`` above 1) they made a step
+    several times slower."""
     return bool(_decisions.get("split_products"))
 
 

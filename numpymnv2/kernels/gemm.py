@@ -63,10 +63,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     work = a.shape[0] * a.shape[1] * b.shape[1]
+    blocks = _chunks(a.shape[0], work)
     if not _threads.split_products() or a.dtype != b.dtype or a.dtype != out.dtype or not a.flags.c_contiguous \
-            or not out.flags.c_contiguous or _chunks(a.shape[0], work) == 1:
+            or not out.flags.c_contiguous or blocks == 1:
         return np.matmul(a, b, out=out)
-    _PRODUCTS.launch(work, a, b, out, _chunks(a.shape[0], work))
+    _PRODUCTS.launch(work, a, b, out, blocks)
     return out
 
 
@@ -80,10 +81,11 @@ def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     M = a.shape[0]
     work = M * a.shape[1] * b.shape[1]
+    blocks = _chunks(M, work)
     if not _threads.split_products() or a.dtype != b.dtype or not a.flags.c_contiguous \
-            or not b.flags.c_contiguous or _chunks(M, work) == 1:
+            or not b.flags.c_contiguous or blocks == 1:
         return a.T @ b
-    partial = np.empty((_chunks(M, work), a.shape[1], b.shape[1]), dtype=a.dtype)
+    partial = np.empty((blocks, a.shape[1], b.shape[1]), dtype=a.dtype)
     _PRODUCTS_TN.launch(work, a, b, partial)
     return partial.sum(axis=0)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpymnv2.functional.pointwise import PointwiseCache
+from numpymnv2.functional.pointwise import PointwiseCache, check_channels
 from numpymnv2.kernels import gemm
 
 
@@ -24,9 +24,7 @@ def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
     z : ndarray, shape (N, H, W, C_out)
     cache : PointwiseCache
     """
-    C_out, C_in = T.shape
-    if x.shape[-1] != C_in:
-        raise ValueError(f"pointwise_conv2d: weight expects {C_in} input channels, got input shape {x.shape}")
+    C_out, C_in = check_channels(x, T)
     x = np.ascontiguousarray(x)
     z = gemm.matmul(x.reshape(-1, C_in), T.T)
     return z.reshape(*x.shape[:-1], C_out), PointwiseCache(x, T)

@@ -35,7 +35,11 @@ def test_fresh_process_gets_workqueue_and_keeps_blas_threads():
     assert blas == "unchanged"
 
 
-def test_fresh_process_with_omp_splits_the_products_on_one_blas_thread():
+@pytest.mark.parametrize("blas, expected", [("", ["omp", "1", "True", "True", "[1]"]),
+                                             ("2", ["omp", "2", "False", "False", "[2]"])])
+def test_fresh_process_with_omp_splits_the_products_on_one_blas_thread(blas, expected):
+    """With BLAS left on two threads (NUMPYMNV2_BLAS_THREADS=2) the products are not split and small kernels stay
+    serial: small parallel kernels beside spinning BLAS threads made a step several times slower."""
     pytest.importorskip("scipy")
     pytest.importorskip("threadpoolctl")
     pytest.importorskip("numba.np.ufunc.omppool", reason="Numba's OpenMP layer needs the system's libgomp")
@@ -48,8 +52,10 @@ def test_fresh_process_with_omp_splits_the_products_on_one_blas_thread():
             "sorted({d['num_threads'] for d in threadpoolctl.threadpool_info() if d['internal_api'] == 'openblas'}))")
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_BLAS_THREADS")}
     env["NUMPYMNV2_THREADING"] = "omp"
+    if blas:
+        env["NUMPYMNV2_BLAS_THREADS"] = blas
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["omp", "1", "True", "True", "[1]"]
+    assert out.split() == expected
 
 
 def test_configure_refuses_an_unknown_threading_mode(fresh_configure):
@@ -65,7 +71,7 @@ def test_omp_without_scipy_keeps_the_default_and_says_why(fresh_configure):
     assert decisions["numba_threading_layer"] == "workqueue" and not decisions["split_products"]
     assert decisions["numpymnv2_threading"] == ("default: NUMPYMNV2_THREADING=omp needs SciPy (pip install scipy, "
                                                 "or the [omp] extra)")
-    assert not _threads.fast_launch() and not _threads.split_products()
+    assert not _threads.split_products()
 
 
 def test_blas_threads_limited_on_request():
@@ -100,7 +106,7 @@ def test_configure_respects_the_users_choices(fresh_configure):
     fresh_configure.delenv("NUMPYMNV2_THREADING")
     fresh_configure.setenv("NUMBA_THREADING_LAYER", "omp")
     assert _threads.configure()["numba_threading_layer"] == "omp (NUMBA_THREADING_LAYER)"
-    assert not _threads.fast_launch() and not _threads.split_products()    # BLAS keeps its threads: no split
+    assert not _threads.split_products()    # NumPy's BLAS keeps its threads: no split, no small parallel kernels
     fresh_configure.setattr(_threads, "_decisions", {})
     fresh_configure.delenv("NUMBA_THREADING_LAYER")
     fresh_configure.setattr(_threads, "_numba_pool_started", lambda: True)
