@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from numpymnv2.kernels import _threads
+from numpymnv2.kernels import _contention, _threads
 
 LAUNCH_LOCK = threading.Lock()
 
@@ -82,9 +82,10 @@ class Kernel:
         self.__doc__ = py_func.__doc__
 
     def launch(self, work: int, *args):
-        """Run the serial copy for less than :data:`PARALLEL_MIN_WORK` elements of work, else the parallel copy
-        holding :data:`LAUNCH_LOCK`."""
-        if work < PARALLEL_MIN_WORK:
+        """Run the serial copy for less than :data:`PARALLEL_MIN_WORK` elements of work or while other work
+        competes for the cores (:mod:`numpymnv2.kernels._contention`, under ``NUMPYMNV2_THREADING=omp``), else the
+        parallel copy holding :data:`LAUNCH_LOCK`. Both copies get the same arguments, so the same blocks."""
+        if work < PARALLEL_MIN_WORK or _contention.MONITOR.contended():
             return self.serial(*args)
         with LAUNCH_LOCK:
             return self.parallel(*args)

@@ -51,6 +51,8 @@ import os
 
 import numba
 
+from numpymnv2.kernels import _contention
+
 _decisions: dict = {}
 
 
@@ -91,6 +93,9 @@ def configure() -> dict:
         _decisions["openblas_threads"] = "unchanged"
     # the products go to Numba's pool only where BLAS is on one thread (else two spinning pools would contend)
     _decisions["split_products"] = chosen_omp and _decisions["openblas_threads"] == 1
+    if _decisions["split_products"]:
+        # spinning workers: step aside while other work competes for the cores (see _contention)
+        _decisions["contention_monitor"] = "on" if _contention.MONITOR.enable() else "off (no /proc/self/task)"
     return _decisions
 
 
@@ -137,4 +142,6 @@ def info() -> dict:
     out["numba_num_threads"] = numba.get_num_threads()
     if _numba_pool_started():
         out["numba_threading_layer_running"] = numba.threading_layer()
+    if _contention.MONITOR.enabled:
+        out["contention"] = _contention.MONITOR.info()
     return out
