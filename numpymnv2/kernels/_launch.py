@@ -26,14 +26,17 @@ enter it at once, and since the lock is taken by the launch itself no public fun
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import pathlib
 import threading
+import time
 import types
 
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.core import event as numba_event
 
 from numpymnv2.kernels import _contention, _threads
 
@@ -76,19 +79,128 @@ class Kernel:
     """
 
     def __init__(self, py_func, name: str, **options):
-        self.parallel = njit(cache=True, parallel=True, **options)(_renamed(py_func, name))
-        self.serial = njit(cache=True, **options)(_renamed(py_func, name + "_serial"))
+        # nogil: a kernel running in the calling thread leaves the interpreter to other threads (the background
+        # compilation of the parallel copies, see LaterCompiler)
+        self.parallel = njit(cache=True, parallel=True, nogil=True, **options)(_renamed(py_func, name))
+        self.serial = njit(cache=True, nogil=True, **options)(_renamed(py_func, name + "_serial"))
         self.__name__ = self.__qualname__ = name
         self.__doc__ = py_func.__doc__
+        self.ready = set()           # keys (see _key) whose parallel copy LATER has compiled
+        self.requested = set()
 
     def launch(self, work: int, *args):
-        """Run the serial copy for less than :data:`PARALLEL_MIN_WORK` elements of work or while other work
-        competes for the cores (:mod:`numpymnv2.kernels._contention`, under ``NUMPYMNV2_THREADING=omp``), else the
-        parallel copy holding :data:`LAUNCH_LOCK`. Both copies get the same arguments, so the same blocks."""
+        """Run the serial copy for less than :data:`PARALLEL_MIN_WORK` elements of work, while other work
+        competes for the cores (:mod:`numpymnv2.kernels._contention`) or until :data:`LATER` has compiled the
+        parallel copy for these arguments, else the parallel copy holding :data:`LAUNCH_LOCK`. Both copies get the
+        same arguments, so the same blocks: which one ran never changes a result."""
         if work < PARALLEL_MIN_WORK or _contention.MONITOR.contended():
             return self.serial(*args)
+        if LATER.enabled:
+            key = _key(args)
+            if key not in self.ready:
+                out = self.serial(*args)
+                LATER.request(self, key, args)
+                return out
         with LAUNCH_LOCK:
             return self.parallel(*args)
+
+
+def _key(args) -> str:
+    """The dtype of the first array among ``args`` (or in a tuple among them): what tells the signatures of a
+    kernel apart in this package. A signature that differs otherwise (an array's layout) still runs correctly:
+    the parallel copy then compiles in the calling thread."""
+    for a in args:
+        for b in (a if isinstance(a, tuple) else (a,)):
+            if isinstance(b, np.ndarray):
+                return b.dtype.char
+    return ""
+
+
+class LaterCompiler(numba_event.Listener):
+    """Compiles parallel copies in a background thread, once no other thread has compiled anything for
+    :data:`QUIET` seconds; until then each kernel runs its serial copy.
+
+    With a cold Numba cache the first train step compiles each kernel the step meets; compiling the parallel
+    copies as well, under ``NUMPYMNV2_THREADING=omp`` where small layers run in parallel too, made the first
+    step of a batch-32, 32x32 network take 28-30 s instead of 11 s. Deferred, they compile while the next steps
+    run serially (the kernels release the interpreter, so on two cores both go on at once). On by default only
+    under ``NUMPYMNV2_THREADING=omp``: the default's parallel copies are few (large layers only). A copy that
+    fails to compile leaves its kernel serial and is reported in :meth:`info`.
+    """
+
+    def __init__(self, clock=time.perf_counter, sleep=time.sleep):
+        self.enabled = False
+        self.clock, self.sleep = clock, sleep
+        self.jobs = collections.deque()
+        self.compiled, self.seconds, self.errors = 0, 0.0, []
+        self._active = 0                    # Numba compilations in progress in other threads
+        self._last_compile = clock()        # when the last of them ended
+        self._wake = threading.Event()
+        self._thread = None
+
+    # Numba's compile events (numba.core.event), in the thread that compiles: the serial copies the calling
+    # thread compiles in its first steps would wait for a background compilation holding Numba's compiler lock
+    def on_start(self, event) -> None:
+        if threading.current_thread() is not self._thread:
+            self._active += 1
+
+    def on_end(self, event) -> None:
+        if threading.current_thread() is not self._thread:
+            self._active -= 1
+            self._last_compile = self.clock()
+
+    def request(self, kernel: Kernel, key: str, args: tuple) -> None:
+        """Queue the parallel copy of ``kernel`` for the signature of ``args`` (once per ``key``)."""
+        if key in kernel.requested:
+            return
+        kernel.requested.add(key)
+        self.jobs.append((kernel, key, tuple(numba.typeof(a) for a in args)))
+        if self._thread is None:
+            # a daemon: a process that ends leaves a compilation in progress unfinished (Numba writes its cache
+            # files whole or not at all)
+            self._thread = threading.Thread(target=self.run, name="numpymnv2-compile", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def run(self, forever: bool = True) -> None:
+        """Compile the queued copies; wait for more unless ``forever`` is False."""
+        while True:
+            while not self.jobs:
+                if not forever:
+                    return
+                self._wake.wait()
+                self._wake.clear()
+            while self._active > 0 or self.clock() - self._last_compile < QUIET:
+                self.sleep(QUIET / 4)
+            self.compile_one()
+
+    def compile_one(self) -> None:
+        """Compile the first queued copy (if any)."""
+        try:
+            kernel, key, sig = self.jobs.popleft()
+        except IndexError:              # another thread took it
+            return
+        start = self.clock()
+        try:
+            kernel.parallel.compile(sig)
+        except Exception as exc:            # the kernel stays serial; info() says why
+            self.errors.append(f"{kernel.__name__}{sig}: {type(exc).__name__}: {exc}")
+            return
+        self.seconds += self.clock() - start
+        self.compiled += 1
+        kernel.ready.add(key)
+
+    def info(self) -> dict:
+        return {"enabled": self.enabled, "compiled": self.compiled, "queued": len(self.jobs),
+                "seconds": round(self.seconds, 2), "errors": list(self.errors)}
+
+
+# seconds without a new kernel before the background compilation starts
+QUIET = 1.0
+LATER = LaterCompiler()
+if _threads.split_products():
+    LATER.enabled = True
+    numba_event.register("numba:compile", LATER)
 
 
 class RowsKernel(Kernel):

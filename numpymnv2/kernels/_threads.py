@@ -144,4 +144,7 @@ def info() -> dict:
         out["numba_threading_layer_running"] = numba.threading_layer()
     if _contention.MONITOR.enabled:
         out["contention"] = _contention.MONITOR.info()
+    from numpymnv2.kernels import _launch          # (it imports this module)
+    if _launch.LATER.enabled:
+        out["parallel_copies_compiled_later"] = _launch.LATER.info()
     return out

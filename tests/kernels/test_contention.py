@@ -155,11 +155,16 @@ def test_the_decision_never_changes_a_result(monkeypatch):
 _BUSY_SCRIPT = """
 import subprocess, sys, time, os
 import numpy as np
-from numpymnv2.kernels import _contention, _threads
+from numpymnv2.kernels import _contention, _launch, _threads
 from numpymnv2.kernels.depthwise import depthwise_conv2d_forward
 x = np.random.default_rng(0).standard_normal((8, 56, 56, 96)).astype(np.float32)
 w = np.ones((3, 3, 96), np.float32)
-depthwise_conv2d_forward(x, w, 1, 1)
+_launch.QUIET = 0.0
+depthwise_conv2d_forward(x, w, 1, 1)        # runs serially and queues the parallel copy
+end = time.perf_counter() + 120
+while (_launch.LATER.jobs or _launch.LATER.compiled == 0) and time.perf_counter() < end:
+    time.sleep(0.05)
+assert _launch.LATER.compiled and not _launch.LATER.errors, _launch.LATER.info()
 busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count())]
 try:
     end = time.perf_counter() + 20

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numba
+import numpy as np
 import pytest
 
 from numpymnv2.kernels import _launch, activation
@@ -110,3 +111,133 @@ def test_every_public_kernel_from_several_python_threads():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "errors: []" in proc.stdout
+
+
+class _FakeDispatcher:
+    def __init__(self, fail=None):
+        self.compiled, self.fail = [], fail
+
+    def compile(self, sig):
+        if self.fail:
+            raise self.fail
+        self.compiled.append(sig)
+
+
+class _FakeKernel:
+    __name__ = "fake"
+
+    def __init__(self, fail=None):
+        self.parallel = _FakeDispatcher(fail)
+        self.ready, self.requested = set(), set()
+
+
+def _compiler(monkeypatch):
+    clock = {"now": 10.0}
+    later = _launch.LaterCompiler(clock=lambda: clock["now"],
+                                  sleep=lambda s: clock.__setitem__("now", clock["now"] + s))
+    monkeypatch.setattr(later, "_thread", object())        # request() must not start a real thread here
+    return later, clock
+
+
+def test_later_compiler_compiles_each_signature_once_after_a_quiet_spell(monkeypatch):
+    later, clock = _compiler(monkeypatch)
+    kernel = _FakeKernel()
+    x = np.ones((3, 2), np.float32)
+    later.request(kernel, "f", (4, 2, (x,)))
+    later.request(kernel, "f", (4, 2, (x,)))          # asked again before it compiled: queued once
+    assert len(later.jobs) == 1 and kernel.requested == {"f"}
+    later.on_start(None)                              # a compilation in another thread holds it back
+    start = clock["now"]
+    clock["now"] += 5
+    later.on_end(None)
+    later.run(forever=False)
+    assert clock["now"] - start >= 5 + _launch.QUIET
+    assert kernel.ready == {"f"}
+    assert kernel.parallel.compiled == [(numba.typeof(4), numba.typeof(2), numba.typeof((x,)))]
+    assert later.info() == {"enabled": False, "compiled": 1, "queued": 0, "seconds": 0.0, "errors": []}
+    later.compile_one()                               # nothing queued: nothing happens
+    assert later.compiled == 1
+
+
+def test_later_compiler_reports_a_failure_and_the_kernel_stays_serial(monkeypatch):
+    later, clock = _compiler(monkeypatch)
+    kernel = _FakeKernel(fail=RuntimeError("no parfor today"))
+    later.request(kernel, "d", (np.ones(3),))
+    later.run(forever=False)
+    assert kernel.ready == set()
+    assert later.compiled == 0 and "fake" in later.errors[0] and "no parfor today" in later.errors[0]
+
+
+def test_launch_runs_the_serial_copy_until_the_parallel_one_compiled(monkeypatch):
+    kernel = activation._relu6
+    later, _ = _compiler(monkeypatch)
+    later.enabled = True
+    monkeypatch.setattr(_launch, "LATER", later)
+    monkeypatch.setattr(kernel, "ready", set())
+    monkeypatch.setattr(kernel, "requested", set())
+    calls = []
+    monkeypatch.setattr(kernel, "serial", lambda *args: calls.append("serial"))
+    monkeypatch.setattr(kernel, "parallel", _FakeDispatcher())
+    x = np.ones((4, 3), np.float32)
+    kernel(_launch.PARALLEL_MIN_WORK, 4, (x, x))
+    assert calls == ["serial"] and len(later.jobs) == 1
+    later.run(forever=False)
+    assert kernel.ready == {"f"}
+    monkeypatch.setattr(kernel, "parallel", lambda *args: calls.append(("parallel", _launch.LAUNCH_LOCK.locked())))
+    kernel(_launch.PARALLEL_MIN_WORK, 4, (x, x))
+    kernel(_launch.PARALLEL_MIN_WORK, 4, (x.astype(np.float64), x))     # another dtype: serial, queued
+    assert calls == ["serial", ("parallel", True), "serial"] and len(later.jobs) == 1
+
+
+def test_key_is_the_dtype_of_the_first_array():
+    x32, x64 = np.ones(2, np.float32), np.ones(2)
+    assert _launch._key((3, 2, (x32, x64))) == "f"
+    assert _launch._key((x64, x32, 1)) == "d"
+    assert _launch._key((3, ())) == ""
+
+
+_LATER_SCRIPT = """
+import sys, time
+import numpy as np
+from numpymnv2.kernels import _launch, activation
+from numpymnv2.kernels.depthwise import depthwise_conv2d_forward
+_launch.QUIET = 0.0
+x = np.random.default_rng(0).standard_normal((8, 56, 56, 96)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((3, 3, 96)).astype(np.float32)
+first = depthwise_conv2d_forward(x, w, 1, 1)[0]          # the serial copy; the parallel one is queued
+from numpymnv2.kernels.depthwise import _forward
+assert _launch.LATER.enabled and _forward.ready == set() and _forward.requested == {"f"}
+if sys.argv[1] == "exit":
+    time.sleep(0.5)                                       # leave while the parallel copy compiles
+    print("left while compiling:", _launch.LATER.compiled == 0)
+    sys.exit(0)
+end = time.perf_counter() + 120
+while not _forward.ready and time.perf_counter() < end:
+    time.sleep(0.05)
+second = depthwise_conv2d_forward(x, w, 1, 1)[0]          # the parallel copy
+print(_forward.ready, len(_forward.parallel.signatures), _launch.LATER.info()["errors"],
+      np.array_equal(first, second))
+"""
+
+
+@pytest.mark.parametrize("how", ["wait", "exit"])
+def test_parallel_copies_compile_later_under_omp(how, tmp_path):
+    """A fresh process under NUMPYMNV2_THREADING=omp with an empty Numba cache: a kernel runs serially until its
+    parallel copy compiled in the background, then in parallel with the same result; a process that ends while
+    a copy compiles exits cleanly, and the next process uses the cache it left."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("numba.np.ufunc.omppool", reason="Numba's OpenMP layer needs the system's libgomp")
+    if numba.config.DISABLE_JIT:
+        pytest.skip("nothing compiles without the JIT")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_BLAS_THREADS")}
+    env.update(NUMPYMNV2_THREADING="omp", NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", _LATER_SCRIPT, how], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    if how == "exit":
+        assert proc.stdout.split() == ["left", "while", "compiling:", "True"]
+        proc = subprocess.run([sys.executable, "-c", _LATER_SCRIPT, "wait"], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["{'f'}", "1", "[]", "True"]
