@@ -182,7 +182,7 @@ class _Plan:
                     x, step.weight, step.stride, step.padding, step.bias, step.activation, out))
             elif step.kind == "pointwise":
                 self.calls.append((fast_gemm.matmul, (x.reshape(-1, x.shape[-1]), model._pointwise_t[i],
-                                               out.reshape(-1, out.shape[-1]))))
+                                               out.reshape(-1, out.shape[-1]), step.weight)))
                 if i == len(steps) - 1:
                     self.calls.append(fast_inference.bias_act_pool_call(out, step.bias, step.activation,
                                                                         self.pooled))
@@ -267,7 +267,9 @@ class FoldedMobileNetV2:
         fast_gemm.matmul(cols.reshape(plan.stem_out.shape[0], -1), self._stem_t, out=plan.stem_out)
         for function, args in plan.calls:
             function(*args)
-        return plan.pooled @ self.classifier_weight.T + self.classifier_bias
+        logits = fast_gemm.matmul(plan.pooled, self.classifier_weight.T, b_t=self.classifier_weight)
+        logits += self.classifier_bias
+        return logits
 
     def __repr__(self) -> str:
         return (f"FoldedMobileNetV2({len(self.steps)} folded convolutions, "

@@ -23,10 +23,12 @@ def _arrays(M, K, N, dtype, seed=0):
 
 
 def _count_launches(monkeypatch):
+    """The kernels launched, by name: rows, tn, columns, with the number of blocks (rows of the partial sums)."""
     launches = []
-    for kernel in (gemm._PRODUCTS, gemm._PRODUCTS_TN):
-        def counted(*args, _launch=kernel.launch):
-            launches.append(args[0])
+    for name, kernel in (("rows", gemm._PRODUCTS), ("tn", gemm._PRODUCTS_TN), ("columns", gemm._PRODUCTS_COLS)):
+        def counted(*args, _launch=kernel.launch, _name=name):
+            blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0]
+            launches.append((_name, blocks))
             return _launch(*args)
         monkeypatch.setattr(kernel, "launch", counted)
     return launches
@@ -35,7 +37,6 @@ def _count_launches(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M", [64, 65, 201])        # the smallest split (two blocks of 32 rows), uneven blocks
 def test_split_products_equal_numpy(split, monkeypatch, dtype, M):
-    # the products are split only when the work would run in parallel, so only the parallel copy ever runs
     a, b = _arrays(M, 7, 5, dtype)
     w = np.ascontiguousarray(b.T)                   # a weight T (C_out, C_in): the product takes T.T, F-ordered
     out = np.full((M, 5), np.nan, dtype)
@@ -44,15 +45,44 @@ def test_split_products_equal_numpy(split, monkeypatch, dtype, M):
         assert gemm.matmul(a, w.T, out) is out
         fresh = gemm.matmul(a, b)
         tn = gemm.matmul_tn(a, out)
-    assert len(launches) == 3
-    with kernel_copy("serial"):                     # below the parallel work: one BLAS call, not split
-        np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
-    assert len(launches) == 3
+    assert launches == [("rows", 2), ("rows", 2), ("tn", 2)]
+    with kernel_copy("serial"):                     # below the parallel work: one block, one BLAS call
+        serial = gemm.matmul(a, b)
+        serial_tn = gemm.matmul_tn(a, out)
+    assert launches[3:] == [("rows", 1), ("tn", 1)]
     tol = TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(out, a @ b, rtol=tol, atol=tol)
-    np.testing.assert_allclose(fresh, a @ b, rtol=tol, atol=tol)
-    assert fresh.dtype == tn.dtype == dtype and tn.shape == (7, 5)
-    np.testing.assert_allclose(tn, a.T @ out, rtol=tol, atol=tol * M)
+    for got in (out, fresh, serial):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, a @ b, rtol=tol, atol=tol)
+    for got in (tn, serial_tn):
+        assert got.dtype == dtype and got.shape == (7, 5)
+        np.testing.assert_allclose(got, a.T @ out, rtol=tol, atol=tol * M)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [128, 129, 301])      # the smallest column split (two blocks of 64), uneven blocks
+def test_few_rows_split_over_the_columns(split, monkeypatch, dtype, N):
+    """49 rows (the 7x7 layers at batch 1) are too few to split over the rows: the columns are split instead,
+    from the weight's transposed view or from the weight given as ``b_t``; without either, or with fewer than
+    two blocks of 64 columns, one block."""
+    a, b = _arrays(49, 9, N, dtype)
+    w = np.ascontiguousarray(b.T)                   # the weight T (N, K)
+    c_ordered = np.ascontiguousarray(b)
+    launches = _count_launches(monkeypatch)
+    with kernel_copy("parallel"):
+        from_view = gemm.matmul(a, w.T)
+        out = np.full((49, N), np.nan, dtype)
+        assert gemm.matmul(a, c_ordered, out, b_t=w) is out
+        assert launches == [("columns", 2), ("columns", 2)]
+        one_block = [gemm.matmul(a, c_ordered), gemm.matmul(a, c_ordered, b_t=np.asfortranarray(w)),
+                     gemm.matmul(a, w[:127].T)]
+    assert launches[2:] == [("rows", 1)] * 3
+    tol = TOL[np.dtype(dtype)]
+    assert from_view.dtype == out.dtype == dtype
+    np.testing.assert_allclose(from_view, a @ b, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(out, from_view)
+    for got, want in zip(one_block, (a @ b, a @ b, a @ b[:, :127])):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
 def test_split_weight_gradient_adds_every_threads_block(split):
@@ -62,20 +92,24 @@ def test_split_weight_gradient_adds_every_threads_block(split):
         assert gemm.matmul_tn(a, b).tolist() == [[130.0] * 3] * 2
 
 
-@pytest.mark.parametrize("case", ["few rows", "mixed dtypes", "strided a"])
-def test_numpy_runs_what_the_split_does_not_take(split, monkeypatch, case):
+@pytest.mark.parametrize("case", ["mixed dtypes", "strided a", "integers", "empty", "strided b"])
+def test_numpy_runs_what_the_kernels_do_not_take(split, monkeypatch, case):
     a, b = _arrays(128, 4, 3, np.float32)
-    if case == "few rows":
-        a = a[:63]                                  # fewer than two blocks of 32 rows
-    elif case == "mixed dtypes":
+    if case == "mixed dtypes":
         b = b.astype(np.float64)
-    else:
+    elif case == "strided a":
         a = np.asfortranarray(a)
-    monkeypatch.setattr(gemm._PRODUCTS, "launch", lambda *args: pytest.fail("the split ran"))
-    monkeypatch.setattr(gemm._PRODUCTS_TN, "launch", lambda *args: pytest.fail("the split ran"))
+    elif case == "integers":
+        a, b = a.astype(np.int64), b.astype(np.int64)
+    elif case == "empty":
+        a = a[:0]
+    else:
+        b = np.ones((4, 6), np.float32)[:, ::2]
+    monkeypatch.setattr(gemm._PRODUCTS, "launch", lambda *args: pytest.fail("the kernel ran"))
+    monkeypatch.setattr(gemm._PRODUCTS_TN, "launch", lambda *args: pytest.fail("the kernel ran"))
     with kernel_copy("parallel"):
         np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
-        if case != "mixed dtypes":
+        if case not in ("mixed dtypes", "strided b"):
             np.testing.assert_array_equal(gemm.matmul_tn(a, a), a.T @ a)
 
 
