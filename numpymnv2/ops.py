@@ -34,6 +34,7 @@ from numpymnv2.kernels import batchnorm as fast_batchnorm
 from numpymnv2.kernels import conv2d as fast_conv2d
 from numpymnv2.kernels import depthwise as fast_depthwise
 from numpymnv2.kernels import fused as fast_fused
+from numpymnv2.kernels import linear as fast_linear
 from numpymnv2.kernels import pointwise as fast_pointwise
 
 
@@ -92,7 +93,10 @@ RESIDUAL_ADD = Op("residual_add", *_same(ref_residual.residual_add_forward, ref_
 GLOBAL_AVG_POOL = Op("global_avg_pool",
                      *_same(ref_pooling.global_avg_pool_forward, ref_pooling.global_avg_pool_backward))
 DROPOUT = Op("dropout", *_same(ref_dropout.dropout_forward, ref_dropout.dropout_backward))
-LINEAR = Op("linear", *_same(ref_linear.linear_forward, ref_linear.linear_backward))            # BLAS
+LINEAR = Op(
+    "linear",
+    reference=Impl(ref_linear.linear_forward, ref_linear.linear_backward),
+    fast=Impl(fast_linear.linear_forward, fast_linear.linear_backward))
 
 #: Every row, by name.
 TABLE: dict[str, Op] = {op.name: op for op in (CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D, BATCHNORM,

@@ -117,8 +117,8 @@ def check_conv2d_weight(x: np.ndarray, w: np.ndarray) -> int:
 def conv2d_from_patches(cols: np.ndarray, w: np.ndarray, x_shape: tuple, stride: int, padding: int):
     """The product of :func:`conv2d_forward` once the patches are gathered: ``out = cols @ w2d.T``.
 
-    (The fast backend gathers the patches with its own ``im2col`` and shares this product and
-    :func:`conv2d_backward_to_patches`.)
+    (The fast backend gathers the patches with its own ``im2col`` and computes the same products with
+    :mod:`numpymnv2.kernels.gemm`.)
     """
     N, H_out, W_out = cols.shape[:3]
     C_out = w.shape[0]

@@ -29,14 +29,19 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
     -----
     ``y = x W^T + b``; backward ``dL/dW = dy^T x``, ``dL/db = sum_n dy``, ``dL/dx = dy W``.
     """
-    if x.ndim != 2:
-        raise ValueError(f"linear: expected a 2-D input (N, D_in), got shape {x.shape}")
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: weight expects {weight.shape[1]} input features, got input shape {x.shape}")
+    check_linear_input(x, weight)
     y = x @ weight.T
     if bias is not None:
         y += bias
     return y, LinearCache(x, weight)
+
+
+def check_linear_input(x: np.ndarray, weight: np.ndarray) -> None:
+    """Raise ValueError unless ``x`` is ``(N, D_in)`` with the ``D_in`` of ``weight`` ``(D_out, D_in)``."""
+    if x.ndim != 2:
+        raise ValueError(f"linear: expected a 2-D input (N, D_in), got shape {x.shape}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: weight expects {weight.shape[1]} input features, got input shape {x.shape}")
 
 
 def linear_backward(dy: np.ndarray, cache: LinearCache):

@@ -1,6 +1,6 @@
 """Full 2-D convolution (the network's stem), with the contract of :mod:`numpymnv2.functional.conv2d`.
 
-The products are the reference's BLAS GEMMs; what the reference spends most of its time on is gathering the
+The products are the reference's GEMMs (by :mod:`.gemm`); what the reference spends most of its time on is gathering the
 patches (``im2col``: one strided copy per tap, each moving rows of only ``C_in = 3`` values) and scattering
 their gradients back (``col2im``: one strided add per tap). Here each is one Numba pass: ``im2col`` writes each
 output row's patches in order, and ``col2im`` is written as a gather, every input pixel adding up the patch
@@ -14,8 +14,8 @@ import numpy as np
 from numba import njit
 
 from numpymnv2._checks import conv_output_size
-from numpymnv2.functional.conv2d import (Conv2dCache, check_conv2d_weight, conv2d_backward_to_patches,
-                                         conv2d_from_patches)
+from numpymnv2.functional.conv2d import Conv2dCache, check_conv2d_weight
+from numpymnv2.kernels import gemm
 from numpymnv2.kernels._launch import parallel_rows
 
 
@@ -144,7 +144,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int =
     cache : Conv2dCache
     """
     cols = im2col(x, check_conv2d_weight(x, w), stride, padding)
-    return conv2d_from_patches(cols, w, x.shape, stride, padding)
+    N, H_out, W_out = cols.shape[:3]
+    C_out = w.shape[0]
+    # the product of functional.conv2d.conv2d_from_patches, out = cols2d @ w2d^T, by gemm
+    out = gemm.matmul(cols.reshape(N * H_out * W_out, -1), w.reshape(C_out, -1).T)
+    return out.reshape(N, H_out, W_out, C_out), Conv2dCache(cols, w, x.shape, stride, padding)
 
 
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
@@ -160,5 +164,10 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache):
     dx : ndarray, shape (N, H, W, C_in)
     dw : ndarray, shape (C_out, K, K, C_in)
     """
-    dcols, dw = conv2d_backward_to_patches(dout, cache)
+    cols, w = cache.cols, cache.w
+    C_out = w.shape[0]
+    dout2d = np.ascontiguousarray(dout).reshape(-1, C_out)
+    # the products of functional.conv2d.conv2d_backward_to_patches, by gemm
+    dw = gemm.matmul_tn(dout2d, cols.reshape(dout2d.shape[0], -1)).reshape(w.shape)
+    dcols = gemm.matmul(dout2d, w.reshape(C_out, -1)).reshape(cols.shape)
     return col2im(dcols, cache.x_shape, cache.stride, cache.padding), dw
