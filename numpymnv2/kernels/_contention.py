@@ -1,22 +1,22 @@
 """Whether other work is competing for the cores: parallel kernels step aside while it is.
 
-Under ``NUMPYMNV2_THREADING=omp`` (see :mod:`numpymnv2.kernels._threads`) Numba's OpenMP workers spin between
+With the OpenMP layer (the default, see :mod:`numpymnv2.kernels._threads`) Numba's OpenMP workers spin between
 kernels. On free cores that makes every launch cheap; beside another busy process it makes this process fight
 for the cores it shares: on the 2-core machine, a batch-32, 32x32 train step went from 40 ms to 164 ms with one
-busy process (the default workqueue layer: 45 to 89 ms).
+busy process (the workqueue layer, whose workers sleep: 45 to 89 ms).
 
 The kernel launcher asks :meth:`Monitor.contended` before a parallel launch. The monitor measures how long the
 threads of this process waited for a core while runnable: Linux counts it per thread (the second field of
 ``/proc/self/task/<tid>/schedstat``, in ns). Measured over 4 s of train steps on the 2-core machine, that wait
 per second of wall time was 0.006-0.008 quiet, 0.77 with one busy process and 0.99 with two (0.64 and 1.0 under
-the default layer). Above :data:`CONTENDED` the kernels run their serial copies in the calling thread, the
+the workqueue layer). Above :data:`CONTENDED` the kernels run their serial copies in the calling thread, the
 workers go to sleep and the process uses one core; every :data:`PROBE_FIRST` s (doubling up to
 :data:`PROBE_MAX` s while the contention lasts) the parallel copies get one window of :data:`WINDOW` s to show
 that the cores are free again.
 
 A serial copy runs the same blocks of rows in the same order as the parallel one, so the results do not depend
 on what the monitor decided (``tests/kernels/test_contention.py``).
-Without ``/proc/self/task`` (not Linux) the monitor stays off, as it does under the default layer, whose
+Without ``/proc/self/task`` (not Linux) the monitor stays off, as it does under the workqueue layer, whose
 sleeping workers already leave the cores to others.
 """
 from __future__ import annotations
@@ -63,6 +63,9 @@ class Monitor:
 
     def __init__(self, clock=time.perf_counter, delay=run_delay_seconds):
         self.clock, self.delay = clock, delay
+        # whether this process itself keeps a core busy besides its kernels (the background compilation of
+        # numpymnv2.kernels._launch.LATER): windows that overlap it decide nothing
+        self.busy_here = lambda: False
         self.enabled = False
         self.serial = False             # the current decision
         self.switches = 0               # how often it changed
@@ -103,6 +106,9 @@ class Monitor:
             # serial running says nothing about a free core: after the wait, let the parallel copies try
             self._set(False)
             self._probing = True
+            self._restart(now, delay)
+            return
+        if self.busy_here():
             self._restart(now, delay)
             return
         ratio = (delay - self._delay0) / max(now - self._since, 1e-9)

@@ -20,7 +20,9 @@ the kernels they replaced).
 
 Each loop is compiled twice (:class:`Kernel`): ``parallel=True`` and serial. Calling the kernel,
 ``kernel(work, rows, inputs[, shape])``, launches the serial copy in the calling thread for less than
-:data:`PARALLEL_MIN_WORK` elements of work, else the parallel copy while holding :data:`LAUNCH_LOCK`: Numba's
+:data:`PARALLEL_MIN_WORK` elements of work (and, with the OpenMP layer, while other work competes for the cores,
+until the parallel copy has compiled in the background, or in a child made by ``fork()``: see
+:meth:`Kernel.launch`), else the parallel copy while holding :data:`LAUNCH_LOCK`: Numba's
 workqueue threading layer (see :mod:`numpymnv2.kernels._threads`) aborts the process when two Python threads
 enter it at once, and since the lock is taken by the launch itself no public function can forget it.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import pathlib
 import threading
 import time
@@ -49,7 +52,7 @@ LAUNCH_LOCK = threading.Lock()
 # multiply-adds (8x14x14x384) and wins from about 10 million (8x28x28x192: 0.44 ms against 0.54); the BatchNorm
 # passes, which are memory-bound, break even only near 3.6 million elements (8x56x56x144). 2^17 made every
 # small layer of a batch-32, 32x32 step 2-3x slower than serial.
-# With the OpenMP layer and BLAS on one thread (NUMPYMNV2_THREADING=omp, see numpymnv2.kernels._threads) a launch
+# With the OpenMP layer and SciPy's BLAS on one thread (the default, see numpymnv2.kernels._threads) a launch
 # costs about 0.004 ms: there 2^16 (measured at batch 16, 96x96, width 0.5: 2^14, 2^16 and 2^18 within the noise
 # of each other).
 WORKQUEUE_MIN_WORK = 1 << 22
@@ -93,7 +96,7 @@ class Kernel:
         competes for the cores (:mod:`numpymnv2.kernels._contention`) or until :data:`LATER` has compiled the
         parallel copy for these arguments, else the parallel copy holding :data:`LAUNCH_LOCK`. Both copies get the
         same arguments, so the same blocks: which one ran never changes a result."""
-        if work < PARALLEL_MIN_WORK or _contention.MONITOR.contended():
+        if work < PARALLEL_MIN_WORK or SERIAL_ONLY or _contention.MONITOR.contended():
             return self.serial(*args)
         if LATER.enabled:
             key = _key(args)
@@ -121,11 +124,11 @@ class LaterCompiler(numba_event.Listener):
     :data:`QUIET` seconds; until then each kernel runs its serial copy.
 
     With a cold Numba cache the first train step compiles each kernel the step meets; compiling the parallel
-    copies as well, under ``NUMPYMNV2_THREADING=omp`` where small layers run in parallel too, made the first
-    step of a batch-32, 32x32 network take 28-30 s instead of 11 s. Deferred, they compile while the next steps
-    run serially (the kernels release the interpreter, so on two cores both go on at once). On by default only
-    under ``NUMPYMNV2_THREADING=omp``: the default's parallel copies are few (large layers only). A copy that
-    fails to compile leaves its kernel serial and is reported in :meth:`info`.
+    copies as well, with the OpenMP layer where small layers run in parallel too, made the first step of a
+    batch-32, 32x32 network take 28-34 s instead of 12 s. Deferred, they compile while the next steps run
+    serially (the kernels release the interpreter, so on two cores both go on at once). On only with the OpenMP
+    layer chosen by :mod:`numpymnv2.kernels._threads`: under the workqueue layer the parallel copies are few
+    (large layers only). A copy that fails to compile leaves its kernel serial and is reported in :meth:`info`.
     """
 
     def __init__(self, clock=time.perf_counter, sleep=time.sleep):
@@ -133,13 +136,16 @@ class LaterCompiler(numba_event.Listener):
         self.clock, self.sleep = clock, sleep
         self.jobs = collections.deque()
         self.compiled, self.seconds, self.errors = 0, 0.0, []
+        self._compiling = False             # a compilation in progress in the background thread
+        self._compiled_at = -1e9            # when the last one ended
         self._active = 0                    # Numba compilations in progress in other threads
         self._last_compile = clock()        # when the last of them ended
         self._wake = threading.Event()
         self._thread = None
 
-    # Numba's compile events (numba.core.event), in the thread that compiles: the serial copies the calling
-    # thread compiles in its first steps would wait for a background compilation holding Numba's compiler lock
+    # Numba's compile events (numba.core.event), in the thread that compiles, under Numba's compiler lock (so
+    # never two at once): the serial copies the calling thread compiles in its first steps would otherwise wait
+    # for a background compilation holding that lock
     def on_start(self, event) -> None:
         if threading.current_thread() is not self._thread:
             self._active += 1
@@ -171,7 +177,7 @@ class LaterCompiler(numba_event.Listener):
                 self._wake.wait()
                 self._wake.clear()
             while self._active > 0 or self.clock() - self._last_compile < QUIET:
-                self.sleep(QUIET / 4)
+                self.sleep(max(QUIET / 4, 0.01))
             self.compile_one()
 
     def compile_one(self) -> None:
@@ -181,26 +187,75 @@ class LaterCompiler(numba_event.Listener):
         except IndexError:              # another thread took it
             return
         start = self.clock()
+        self._compiling = True
         try:
             kernel.parallel.compile(sig)
         except Exception as exc:            # the kernel stays serial; info() says why
             self.errors.append(f"{kernel.__name__}{sig}: {type(exc).__name__}: {exc}")
             return
+        finally:
+            self._compiling, self._compiled_at = False, self.clock()
         self.seconds += self.clock() - start
         self.compiled += 1
         kernel.ready.add(key)
+
+    def busy(self) -> bool:
+        """Whether the background thread is compiling, or was within the last contention window: the cores it
+        takes are not other work's (see :mod:`numpymnv2.kernels._contention`)."""
+        return self._compiling or self.clock() - self._compiled_at < _contention.WINDOW
 
     def info(self) -> dict:
         return {"enabled": self.enabled, "compiled": self.compiled, "queued": len(self.jobs),
                 "seconds": round(self.seconds, 2), "errors": list(self.errors)}
 
 
-# seconds without a new kernel before the background compilation starts
+# seconds without a compilation in another thread before the background one starts
 QUIET = 1.0
 LATER = LaterCompiler()
-if _threads.split_products():
+
+
+class _StreamsLeftAlone:
+    """Stands in for ``numba.core.errors.ColorShell``, which wraps ``sys.stdout`` and ``sys.stderr`` with colorama
+    and puts back what it found while Numba formats an error message (Numba builds such messages all through
+    type inference, caught and discarded). From the background thread that swap races with the program's own
+    (``contextlib.redirect_stderr``, pytest's capture): the fuzz tests' messages went to the wrong stream. The
+    messages are only built into strings there, so nothing needs the wrapped streams."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_details):
+        return False
+
+
+def _enable_later() -> None:
+    from numba.core import errors
+    if hasattr(errors, "ColorShell"):       # only where colorama is installed
+        errors.ColorShell = _StreamsLeftAlone
     LATER.enabled = True
     numba_event.register("numba:compile", LATER)
+    _contention.MONITOR.busy_here = LATER.busy
+
+
+if _threads.split_products() and not numba.config.DISABLE_JIT:
+    _enable_later()
+
+# GNU OpenMP does not survive fork(): Numba kills a child of a process that ran a parallel kernel on the OpenMP
+# layer as soon as the child launches one ("Terminating: fork() called from a process already using GNU
+# OpenMP"). Such a child runs every kernel on its serial copy instead (the same results, on one thread).
+SERIAL_ONLY = False
+
+
+def _after_fork_in_child() -> None:
+    global SERIAL_ONLY
+    from numba.np.ufunc import parallel
+    if getattr(parallel, "_is_initialized", False) and numba.threading_layer() == "omp":
+        SERIAL_ONLY = True
+        LATER.enabled = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RowsKernel(Kernel):

@@ -11,7 +11,7 @@ import contextlib
 import numba
 import numpy as np
 
-from numpymnv2.kernels import _launch
+from numpymnv2.kernels import _contention, _launch
 
 NO_JIT = bool(numba.config.DISABLE_JIT)
 MAX_SIDE = 6 if NO_JIT else 12
@@ -26,13 +26,16 @@ TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5}
 
 @contextlib.contextmanager
 def kernel_copy(copy: str):
-    """Run every kernel launched in the ``with`` body on its ``"serial"`` or its ``"parallel"`` copy."""
-    saved = _launch.PARALLEL_MIN_WORK
+    """Run every kernel launched in the ``with`` body on its ``"serial"`` or its ``"parallel"`` copy (the parallel
+    one compiled at once rather than in the background, and whatever else runs on the machine)."""
+    saved = _launch.PARALLEL_MIN_WORK, _launch.LATER.enabled, _contention.MONITOR.enabled
     _launch.PARALLEL_MIN_WORK = {"serial": 1 << 62, "parallel": 0}[copy]
+    if copy == "parallel":
+        _launch.LATER.enabled = _contention.MONITOR.enabled = False
     try:
         yield
     finally:
-        _launch.PARALLEL_MIN_WORK = saved
+        _launch.PARALLEL_MIN_WORK, _launch.LATER.enabled, _contention.MONITOR.enabled = saved
 
 
 def assert_close(fast, ref, dtype=None):

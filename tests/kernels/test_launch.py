@@ -9,10 +9,17 @@ import numba
 import numpy as np
 import pytest
 
-from numpymnv2.kernels import _launch, activation
+from numpymnv2.kernels import _contention, _launch, activation
 
 
-def test_launch_picks_the_copy_and_holds_the_lock_for_the_parallel_one(monkeypatch):
+@pytest.fixture
+def plain_launch(monkeypatch):
+    """Launches decided by the work alone: no background compilation, no contention monitor."""
+    monkeypatch.setattr(_launch.LATER, "enabled", False)
+    monkeypatch.setattr(_contention.MONITOR, "enabled", False)
+
+
+def test_launch_picks_the_copy_and_holds_the_lock_for_the_parallel_one(monkeypatch, plain_launch):
     kernel = activation._relu6
     calls = []
     monkeypatch.setattr(kernel, "serial", lambda *args: calls.append(("serial", args, _launch.LAUNCH_LOCK.locked())))
@@ -25,7 +32,7 @@ def test_launch_picks_the_copy_and_holds_the_lock_for_the_parallel_one(monkeypat
     assert not _launch.LAUNCH_LOCK.locked()
 
 
-def test_lock_is_released_when_a_parallel_launch_fails(monkeypatch):
+def test_lock_is_released_when_a_parallel_launch_fails(monkeypatch, plain_launch):
     kernel = activation._relu6
 
     def fail(*args):
@@ -54,9 +61,10 @@ _THREADS_SCRIPT = textwrap.dedent("""
     import threading
     import numpy as np
     from numpymnv2 import functional as F
-    from numpymnv2.kernels import _launch, activation, batchnorm, depthwise, fused
+    from numpymnv2.kernels import _contention, _launch, activation, batchnorm, depthwise, fused
 
-    _launch.PARALLEL_MIN_WORK = 0          # every launch on the parallel copy, through the workqueue layer
+    _launch.PARALLEL_MIN_WORK = 0          # every launch on the parallel copy, compiled at once
+    _launch.LATER.enabled = _contention.MONITOR.enabled = False
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 6, 5, 8))
     w = rng.standard_normal((3, 3, 8))
@@ -102,11 +110,13 @@ _THREADS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_every_public_kernel_from_several_python_threads():
+@pytest.mark.parametrize("mode", ["workqueue", ""])
+def test_every_public_kernel_from_several_python_threads(mode):
     # Numba's workqueue layer aborts the whole process when two threads launch parallel kernels at once, so
     # this runs in a child process: a launch without the lock shows as the child's exit status and message
     rounds = 2 if numba.config.DISABLE_JIT else 20
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_THREADING")}
+    env["NUMPYMNV2_THREADING"] = mode
     proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT.replace("ROUNDS", str(rounds))], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -159,6 +169,19 @@ def test_later_compiler_compiles_each_signature_once_after_a_quiet_spell(monkeyp
     assert later.compiled == 1
 
 
+def test_later_compiler_is_busy_while_it_compiles_and_one_window_after(monkeypatch):
+    later, clock = _compiler(monkeypatch)
+    seen = []
+    kernel = _FakeKernel()
+    kernel.parallel.compile = lambda sig: seen.append(later.busy())
+    assert not later.busy()
+    later.request(kernel, "f", (np.ones(3, np.float32),))
+    later.run(forever=False)
+    assert seen == [True] and later.busy()
+    clock["now"] += _contention.WINDOW
+    assert not later.busy()
+
+
 def test_later_compiler_reports_a_failure_and_the_kernel_stays_serial(monkeypatch):
     later, clock = _compiler(monkeypatch)
     kernel = _FakeKernel(fail=RuntimeError("no parfor today"))
@@ -168,7 +191,7 @@ def test_later_compiler_reports_a_failure_and_the_kernel_stays_serial(monkeypatc
     assert later.compiled == 0 and "fake" in later.errors[0] and "no parfor today" in later.errors[0]
 
 
-def test_launch_runs_the_serial_copy_until_the_parallel_one_compiled(monkeypatch):
+def test_launch_runs_the_serial_copy_until_the_parallel_one_compiled(monkeypatch, plain_launch):
     kernel = activation._relu6
     later, _ = _compiler(monkeypatch)
     later.enabled = True
@@ -199,7 +222,7 @@ def test_key_is_the_dtype_of_the_first_array():
 _LATER_SCRIPT = """
 import sys, time
 import numpy as np
-from numpymnv2.kernels import _launch, activation
+from numpymnv2.kernels import _contention, _launch, activation
 from numpymnv2.kernels.depthwise import depthwise_conv2d_forward
 _launch.QUIET = 0.0
 x = np.random.default_rng(0).standard_normal((8, 56, 56, 96)).astype(np.float32)
@@ -241,3 +264,87 @@ def test_parallel_copies_compile_later_under_omp(how, tmp_path):
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["{'f'}", "1", "[]", "True"]
+
+
+_FORK_SCRIPT = """
+import multiprocessing as mp
+import numpy as np
+from numpymnv2.kernels import _contention, _launch
+from numpymnv2.kernels.depthwise import depthwise_conv2d_forward
+_launch.LATER.enabled = _contention.MONITOR.enabled = False     # the parallel copy at once
+x = np.random.default_rng(0).standard_normal((8, 56, 56, 96)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((3, 3, 96)).astype(np.float32)
+parent = depthwise_conv2d_forward(x, w, 1, 1)[0]                # a parallel kernel: the pool has started
+
+
+def child(queue):
+    queue.put((_launch.SERIAL_ONLY, bool(np.array_equal(depthwise_conv2d_forward(x, w, 1, 1)[0], parent))))
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    p.join(120)
+    print(p.exitcode, *queue.get(timeout=5), _launch.SERIAL_ONLY)
+"""
+
+
+def test_a_forked_child_runs_the_kernels_serially(tmp_path):
+    """GNU OpenMP does not survive fork(): Numba kills a child of a process whose OpenMP pool ran as soon as the
+    child launches a parallel kernel. The child runs the serial copies instead, with the same results."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("numba.np.ufunc.omppool", reason="Numba's OpenMP layer needs the system's libgomp")
+    if numba.config.DISABLE_JIT:
+        pytest.skip("no thread pool without the JIT")
+    script = tmp_path / "fork_child.py"
+    script.write_text(_FORK_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMPYMNV2_THREADING")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(_launch.__file__.rsplit(os.sep, 1)[0]))  # this checkout
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["0", "True", "True", "False"]
+
+
+def test_after_fork_the_child_goes_serial_only_where_the_openmp_pool_ran(monkeypatch):
+    from numba.np.ufunc import parallel
+    monkeypatch.setattr(_launch, "SERIAL_ONLY", False)
+    monkeypatch.setattr(_launch.LATER, "enabled", True)
+    monkeypatch.setattr(parallel, "_is_initialized", False, raising=False)
+    _launch._after_fork_in_child()                  # the pool never ran: OpenMP is safe in the child
+    assert not _launch.SERIAL_ONLY and _launch.LATER.enabled
+    monkeypatch.setattr(parallel, "_is_initialized", True)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    _launch._after_fork_in_child()
+    assert not _launch.SERIAL_ONLY
+    monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+    _launch._after_fork_in_child()
+    assert _launch.SERIAL_ONLY and not _launch.LATER.enabled
+    calls = []
+    kernel = activation._relu6
+    monkeypatch.setattr(kernel, "serial", lambda *args: calls.append("serial"))
+    monkeypatch.setattr(kernel, "parallel", lambda *args: calls.append("parallel"))
+    kernel(_launch.PARALLEL_MIN_WORK, 4, ())
+    assert calls == ["serial"]
+
+
+def test_numbas_error_formatting_leaves_the_streams_alone():
+    """Numba formats error messages inside ColorShell, which (with colorama installed) swaps sys.stdout and
+    sys.stderr; from the background compilation that swap raced with the program's own redirections. With the
+    background compilation on, building a Numba error in another thread leaves a redirection in place."""
+    import contextlib
+    import io
+    import threading
+    from numba.core import errors
+    if not _launch.LATER.enabled:
+        pytest.skip("no background compilation here")
+    if hasattr(errors, "ColorShell"):
+        assert errors.ColorShell is _launch._StreamsLeftAlone
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        for _ in range(50):
+            t = threading.Thread(target=lambda: errors.TypingError("formatted in another thread"))
+            t.start()
+            t.join()
+            assert sys.stderr is err
