@@ -3,9 +3,10 @@
 
 Only the memory-bound operations have kernels here: the depthwise convolution (:mod:`.depthwise`), BatchNorm
 (:mod:`.batchnorm`), BatchNorm + activation + residual in one pass (:mod:`.fused`), ReLU6 (:mod:`.activation`)
-and the patch gathering around the stem's BLAS product (:mod:`.conv2d`). The pointwise convolutions are BLAS
-products (:mod:`.pointwise`): NumPy's by default, split over Numba's threads by :mod:`.gemm` under
-``NUMPYMNV2_THREADING=omp``; the classifier runs the NumPy code on both backends. :mod:`numpymnv2.ops` is the
+and the patch gathering around the stem's product (:mod:`.conv2d`). Every product (the pointwise convolutions,
+:mod:`.pointwise`; the stem; the classifier, :mod:`.linear`) goes through :mod:`.gemm`, which splits it over
+Numba's threads with the OpenMP layer (the default) and is NumPy's ``matmul`` under
+``NUMPYMNV2_THREADING=workqueue``. :mod:`numpymnv2.ops` is the
 table of which function each backend runs. :mod:`.optim` holds the SGD update in one pass.
 Importing this package configures the thread pools once (see :mod:`numpymnv2.kernels._threads`) and lets glibc
 keep freed big arrays for the next step (see :mod:`numpymnv2.kernels._memory`).

@@ -1,7 +1,7 @@
 """Pointwise (1x1) convolution on the fast backend: the three products of
 :mod:`numpymnv2.functional.pointwise` (equations there) through :mod:`numpymnv2.kernels.gemm`, which splits them
-over Numba's pool under ``NUMPYMNV2_THREADING=omp`` and is NumPy's ``matmul`` otherwise (then this pair computes
-exactly what the reference computes).
+over Numba's pool with the OpenMP layer (the default) and is NumPy's ``matmul`` under
+``NUMPYMNV2_THREADING=workqueue`` (then this pair computes exactly what the reference computes).
 """
 from __future__ import annotations
 
