@@ -10,19 +10,8 @@ from numpymnv2.kernels import gemm
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
-    """``y = x W^T + b``; see :func:`numpymnv2.functional.linear.linear_forward`.
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, D_in)
-    weight : ndarray, shape (D_out, D_in)
-    bias : ndarray, shape (D_out,), or None
-
-    Returns
-    -------
-    y : ndarray, shape (N, D_out)
-    cache : LinearCache
-    """
+    """``y = x W^T + b``, ``(N, D_in) -> (N, D_out)``, and the cache; the contract (shapes, errors) of
+    :func:`numpymnv2.functional.linear.linear_forward`."""
     check_linear_input(x, weight)
     y = gemm.matmul(np.ascontiguousarray(x), weight.T)
     if bias is not None:
