@@ -160,7 +160,12 @@ class LaterCompiler(numba_event.Listener):
         if key in kernel.requested:
             return
         kernel.requested.add(key)
-        self.jobs.append((kernel, key, tuple(numba.typeof(a) for a in args)))
+        try:
+            sig = tuple(numba.typeof(a) for a in args)
+        except ValueError:              # a type Numba cannot name: compiled in the calling thread, at its next call
+            kernel.ready.add(key)
+            return
+        self.jobs.append((kernel, key, sig))
         if self._thread is None:
             # a daemon: a process that ends leaves a compilation in progress unfinished (Numba writes its cache
             # files whole or not at all)

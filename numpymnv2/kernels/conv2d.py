@@ -1,12 +1,12 @@
 """Full 2-D convolution (the network's stem), with the contract of :mod:`numpymnv2.functional.conv2d`.
 
-The products are the reference's GEMMs (by :mod:`.gemm`); what the reference spends most of its time on is gathering the
-patches (``im2col``: one strided copy per tap, each moving rows of only ``C_in = 3`` values) and scattering
-their gradients back (``col2im``: one strided add per tap). Here each is one Numba pass: ``im2col`` writes each
-output row's patches in order, and ``col2im`` is written as a gather, every input pixel adding up the patch
-entries that read it, so rows can run on different threads without two of them writing one pixel. Measured on
-the 2-core machine (one thread, CPU time, float32, the stem 3 -> 32 at stride 2): batch 8 at 224x224,
-im2col 7.4 ms and col2im 16.9 ms with NumPy; see :func:`im2col` and :func:`col2im` for the kernels' times.
+The products are the reference's GEMMs (through :mod:`.gemm`); what the reference spends most of its time on
+is gathering the patches (``im2col``: one strided copy per tap, each moving rows of only ``C_in = 3`` values)
+and scattering their gradients back (``col2im``: one strided add per tap). Here each is one Numba pass:
+``im2col`` writes each output row's patches in order, and ``col2im`` is written as a gather, every input pixel
+adding up the patch entries that read it, so rows can run on different threads without two of them writing one
+pixel. Measured on the 2-core machine (one thread, CPU time, float32, the stem 3 -> 32 at stride 2): batch 8 at
+224x224, im2col 7.4 ms and col2im 16.9 ms with NumPy; see :func:`im2col` and :func:`col2im` for the kernels' times.
 """
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def _chunks(M: int, work: int) -> int:
     return max(1, min(num_chunks(M, work), M // MIN_ROWS_PER_THREAD))
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, b_t: np.ndarray | None = None) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           b_t: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` into ``out`` (allocated when not given) and returned.
 
     Split over the rows of ``a``; when ``a`` has too few rows for that (the last layers of a network at batch

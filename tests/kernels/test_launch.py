@@ -182,6 +182,13 @@ def test_later_compiler_is_busy_while_it_compiles_and_one_window_after(monkeypat
     assert not later.busy()
 
 
+def test_later_compiler_leaves_a_signature_numba_cannot_name_to_the_calling_thread(monkeypatch):
+    later, _ = _compiler(monkeypatch)
+    kernel = _FakeKernel()
+    later.request(kernel, "", (object(),))
+    assert kernel.ready == {""} and not later.jobs
+
+
 def test_later_compiler_reports_a_failure_and_the_kernel_stays_serial(monkeypatch):
     later, clock = _compiler(monkeypatch)
     kernel = _FakeKernel(fail=RuntimeError("no parfor today"))
