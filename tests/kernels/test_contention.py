@@ -147,6 +147,7 @@ def test_the_decision_never_changes_a_result(monkeypatch):
     """Every kernel launched on its parallel copy, then every one on its serial copy as under contention: the
     float32 step is the same to the bit (the serial copy runs the same blocks in the same order)."""
     monkeypatch.setattr(_launch, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_launch.LATER, "enabled", False)      # the parallel copies compile at once
     monitor = Monitor(clock=lambda: 0.0, delay=lambda: 0.0)
     monkeypatch.setattr(_contention, "MONITOR", monitor)
     calls = {"serial": 0, "parallel": 0}
