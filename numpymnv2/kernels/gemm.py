@@ -118,7 +118,8 @@ def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     M = a.shape[0]
     work = M * a.shape[1] * b.shape[1]
-    if work == 0 or not _numba_can_multiply(a, b, b) or not b.flags.c_contiguous:
+    # b in the place of the output: the kernels need it C-contiguous and of a's dtype, as an output
+    if work == 0 or not _numba_can_multiply(a, b, b):
         return a.T @ b
     partial = np.empty((_chunks(M, work), a.shape[1], b.shape[1]), dtype=a.dtype)
     _PRODUCTS_TN.launch(work, a, b, partial)

@@ -53,3 +53,17 @@ def test_fast_linear_takes_a_strided_input():
     np.testing.assert_allclose(y, x @ w.T)
     dx, dw, db = fast.linear_backward(np.ones((4, 4)), cache)
     np.testing.assert_allclose(dw, np.ones((4, 4)).T @ x)
+
+
+@pytest.mark.parametrize("copy", COPIES)
+def test_fast_linear_passes_a_finite_difference_check(monkeypatch, copy):
+    """The fast pair's backward against central differences of its forward, float64, products split (the
+    classifier at batch 70 splits into two blocks of rows; its weight gradient sums the blocks)."""
+    pytest.importorskip("scipy")
+    import numpymnv2 as mn
+    monkeypatch.setitem(_threads._decisions, "split_products", True)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((70, 6)), rng.standard_normal((4, 6)), rng.standard_normal(4)
+    with kernel_copy(copy):
+        result = mn.gradcheck((fast.linear_forward, fast.linear_backward), (x, w, b))
+    assert result.passed and result.checked == x.size + w.size + b.size, str(result)
