@@ -9,9 +9,13 @@ worker spins beside a Numba kernel; a product too small to split is one such cal
 ``NUMPYMNV2_THREADING=workqueue`` the products are NumPy's ``matmul`` on NumPy's own BLAS threads, exactly as
 in the reference.
 
-- :func:`matmul`: ``out = a @ b``, split over the rows of ``a`` (over the columns of ``b`` when ``a`` has few).
+- :func:`matmul`: ``out = a @ b``, split over the rows of ``a``; when ``a`` has too few rows, over the columns of
+  ``b`` (a transposed weight, the forward ``X @ T^T``) or else over the inner dimension (``dL/dX = dZ T``), each
+  thread's product into its own partial sum.
 - :func:`matmul_tn`: ``a^T @ b``, the weight gradient ``dL/dT = dZ^T X``, whose sum runs over the rows: each
-  thread sums its block of rows into its own partial product, and the partial products are added.
+  thread sums its block of rows into its own partial product, and the partial products are added; with few
+  rows, or no more rows than ``b`` has columns, each thread writes its block of rows of the result instead,
+  ``a[:, lo:hi]^T @ b``.
 
 Measured on the 2-core machine (OpenMP layer, float32, median of 50 calls): the expansion of the first block at
 224x224, ``(12544, 16) @ (16, 96)``, 0.37 ms split over two threads against 0.73 ms on one BLAS thread (NumPy's
@@ -55,13 +59,33 @@ def _products_cols(a, b_t, out_t, n_chunks):
         np.dot(b_t[lo:hi], a.T, out_t[lo:hi])
 
 
+def _products_tn_cols(a, b, out, n_chunks):
+    """``out[lo:hi] = a[:, lo:hi]^T @ b`` for thread ``t``'s block ``[lo, hi)`` of the columns of ``a`` (the rows
+    of ``a^T @ b``); the block of ``a`` is copied first (BLAS takes only contiguous operands here)."""
+    K = a.shape[1]
+    for t in prange(n_chunks):
+        lo, hi = t * K // n_chunks, (t + 1) * K // n_chunks
+        np.dot(np.ascontiguousarray(a[:, lo:hi].T), b, out[lo:hi])
+
+
+def _products_inner(a, b, partial):
+    """``partial[t] = a[:, lo:hi] @ b[lo:hi]`` for thread ``t``'s block ``[lo, hi)`` of the inner dimension."""
+    K, n_chunks = a.shape[1], partial.shape[0]
+    for t in prange(n_chunks):
+        lo, hi = t * K // n_chunks, (t + 1) * K // n_chunks
+        np.dot(np.ascontiguousarray(a[:, lo:hi]), b[lo:hi], partial[t])
+
+
 _PRODUCTS = Kernel(_products, "gemm_products")           # compiled on first use (never without the split)
 _PRODUCTS_TN = Kernel(_products_tn, "gemm_products_tn")
 _PRODUCTS_COLS = Kernel(_products_cols, "gemm_products_cols")
+_PRODUCTS_TN_COLS = Kernel(_products_tn_cols, "gemm_products_tn_cols")
+_PRODUCTS_INNER = Kernel(_products_inner, "gemm_products_inner")
 
 
-def _chunks(M: int, work: int) -> int:
-    return max(1, min(num_chunks(M, work), M // MIN_ROWS_PER_THREAD))
+def _chunks(M: int, work: int, minimum: int = MIN_ROWS_PER_THREAD) -> int:
+    """Into how many blocks of at least ``minimum`` to split ``M`` rows (or columns)."""
+    return max(1, min(num_chunks(M, work), M // minimum))
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
@@ -69,10 +93,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     """``a @ b`` into ``out`` (allocated when not given) and returned.
 
     Split over the rows of ``a``; when ``a`` has too few rows for that (the last layers of a network at batch
-    1: 49 rows at 224x224), over the columns of ``b`` (then ``b`` must be the transpose of a C-contiguous
-    matrix, or ``b_t`` that matrix). Measured on the 2-core machine (OpenMP layer, float32, median of 300
-    calls): the head's ``(49, 320) @ (320, 1280)`` 0.26 ms split over the columns against 0.44 ms on one BLAS
-    thread; ``(49, 960) @ (960, 320)`` 0.19 against 0.30 ms.
+    1: 49 rows at 224x224; at batch 32 and 32x32, 32 rows), over the columns of ``b`` when ``b`` is the
+    transpose of a C-contiguous matrix (or ``b_t`` that matrix is given), else over the inner dimension when
+    ``b`` is C-contiguous. Measured on the 2-core machine (OpenMP layer, float32, median of 300 calls): the
+    head's ``(49, 320) @ (320, 1280)`` 0.26 ms split over the columns against 0.44 ms on one BLAS thread;
+    ``(49, 960) @ (960, 320)`` 0.19 against 0.30 ms; the head's input gradient at batch 32, 32x32,
+    ``(32, 1280) @ (1280, 320)``, 0.21 ms split over the inner dimension against 0.43 ms (NumPy's two OpenBLAS
+    threads: 0.17 ms).
 
     Parameters
     ----------
@@ -91,12 +118,17 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     if blocks == 1:
         if b_t is None and b.T.flags.c_contiguous:
             b_t = b.T
-        columns = max(1, min(num_chunks(N, work), N // MIN_COLUMNS_PER_THREAD))
+        columns = _chunks(N, work, MIN_COLUMNS_PER_THREAD)
         if b_t is not None and b_t.flags.c_contiguous and b_t.dtype == a.dtype and columns > 1:
             out_t = np.empty((N, M), dtype=a.dtype)
             _PRODUCTS_COLS.launch(work, a, b_t, out_t, columns)
             np.copyto(out, out_t.T)
             return out
+        inner = _chunks(a.shape[1], work, MIN_COLUMNS_PER_THREAD)
+        if b.flags.c_contiguous and inner > 1:
+            partial = np.empty((inner, M, N), dtype=a.dtype)
+            _PRODUCTS_INNER.launch(work, a, b, partial)
+            return np.sum(partial, axis=0, out=out)
     _PRODUCTS.launch(work, a, b, out, blocks)       # one block: one call of SciPy's BLAS on one thread
     return out
 
@@ -111,6 +143,12 @@ def _numba_can_multiply(a, b, out) -> bool:
 def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a^T @ b``, a new array of shape ``(a.shape[1], b.shape[1])``.
 
+    Split over the rows of ``a`` and ``b`` (partial products added), or over the columns of ``a`` when there
+    are too few rows for that or no more rows than ``b`` has columns. Measured on the 2-core machine (OpenMP
+    layer, float32, median of 300 calls): the head's weight gradient at batch 32, 32x32, ``(32, 1280)^T @
+    (32, 320)``, 0.14 ms split over the columns against 0.39 ms unsplit (NumPy's two OpenBLAS threads:
+    0.13 ms).
+
     Parameters
     ----------
     a : ndarray, shape (M, K), C-contiguous
@@ -121,7 +159,13 @@ def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # b in the place of the output: the kernels need it C-contiguous and of a's dtype, as an output
     if work == 0 or not _numba_can_multiply(a, b, b):
         return a.T @ b
-    partial = np.empty((_chunks(M, work), a.shape[1], b.shape[1]), dtype=a.dtype)
+    blocks, (K, N) = _chunks(M, work), (a.shape[1], b.shape[1])
+    columns = _chunks(K, work, MIN_COLUMNS_PER_THREAD)
+    if columns > 1 and (blocks == 1 or M <= N):
+        out = np.empty((K, N), dtype=a.dtype)
+        _PRODUCTS_TN_COLS.launch(work, a, b, out, columns)
+        return out
+    partial = np.empty((blocks, K, N), dtype=a.dtype)
     _PRODUCTS_TN.launch(work, a, b, partial)
     return partial[0] if partial.shape[0] == 1 else partial.sum(axis=0)
 

@@ -25,7 +25,8 @@ def _arrays(M, K, N, dtype, seed=0):
 def _count_launches(monkeypatch):
     """The kernels launched, by name: rows, tn, columns, with the number of blocks (rows of the partial sums)."""
     launches = []
-    for name, kernel in (("rows", gemm._PRODUCTS), ("tn", gemm._PRODUCTS_TN), ("columns", gemm._PRODUCTS_COLS)):
+    for name, kernel in (("rows", gemm._PRODUCTS), ("tn", gemm._PRODUCTS_TN), ("columns", gemm._PRODUCTS_COLS),
+                         ("tn columns", gemm._PRODUCTS_TN_COLS), ("inner", gemm._PRODUCTS_INNER)):
         def counted(*args, _launch=kernel.launch, _name=name):
             blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0]
             launches.append((_name, blocks))
@@ -85,11 +86,65 @@ def test_few_rows_split_over_the_columns(split, monkeypatch, dtype, N):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
-def test_split_weight_gradient_adds_every_threads_block(split):
-    # rows of ones: each block's partial product counts its rows, so a lost or doubled block shows exactly
-    a, b = np.ones((130, 2)), np.ones((130, 3))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [128, 129, 301])      # the smallest split (two blocks of 64), uneven blocks
+def test_few_rows_split_over_the_inner_dimension(split, monkeypatch, dtype, K):
+    """``dL/dX = dZ T`` of a layer with few rows (the 1x1 layers of a batch-32, 32x32 step: 32 rows): ``T`` is
+    C-ordered, so no column split; the inner dimension is split instead, each block's product into its own
+    partial sum; fewer than two blocks of 64 inner values, one block."""
+    a, b = _arrays(32, K, 40, dtype)
+    launches = _count_launches(monkeypatch)
     with kernel_copy("parallel"):
-        assert gemm.matmul_tn(a, b).tolist() == [[130.0] * 3] * 2
+        got = gemm.matmul(a, b)
+        out = np.full((32, 40), np.nan, dtype)
+        assert gemm.matmul(a, b, out) is out
+        narrow = gemm.matmul(a[:, :127].copy(), b[:127])
+    assert launches == [("inner", 2), ("inner", 2), ("rows", 1)]
+    with kernel_copy("serial"):
+        serial = gemm.matmul(a, b)
+    assert launches[3:] == [("rows", 1)]
+    tol = TOL[np.dtype(dtype)]
+    for g in (got, out, serial):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, a @ b, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(narrow, a[:, :127] @ b[:127], rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(32, 128, 5), (32, 129, 40), (32, 301, 7),   # too few rows to split
+                                   (128, 130, 128), (128, 200, 300)])           # no more rows than columns
+def test_weight_gradient_split_over_the_columns_of_a(split, monkeypatch, dtype, M, K, N):
+    """``dL/dT = dZ^T X`` with few rows, or no more rows than ``X`` has columns: each thread writes its block of
+    rows of the result, ``dZ[:, lo:hi]^T X``, with no partial sums to add."""
+    a, b = _arrays(M, K, N, dtype)
+    b = np.ascontiguousarray(np.random.default_rng(1).standard_normal((M, N)).astype(dtype))
+    launches = _count_launches(monkeypatch)
+    with kernel_copy("parallel"):
+        got = gemm.matmul_tn(a, b)
+    assert launches == [("tn columns", 2)]
+    with kernel_copy("serial"):
+        serial = gemm.matmul_tn(a, b)
+    assert launches[1:] == [("tn", 1)]
+    tol = TOL[np.dtype(dtype)]
+    for g in (got, serial):
+        assert g.dtype == dtype and g.shape == (K, N) and g.flags.c_contiguous
+        np.testing.assert_allclose(g, a.T @ b, rtol=tol, atol=tol * M)
+
+
+@pytest.mark.parametrize("M,K,N,kernel", [(130, 2, 3, "tn"), (49, 130, 3, "tn columns")])
+def test_split_weight_gradient_adds_every_threads_block(split, monkeypatch, M, K, N, kernel):
+    # ones: each entry counts the rows summed into it, so a lost or doubled block shows exactly
+    launches = _count_launches(monkeypatch)
+    with kernel_copy("parallel"):
+        assert gemm.matmul_tn(np.ones((M, K)), np.ones((M, N))).tolist() == [[float(M)] * N] * K
+    assert launches == [(kernel, 2)]
+
+
+def test_split_inner_dimension_adds_every_block(split, monkeypatch):
+    launches = _count_launches(monkeypatch)
+    with kernel_copy("parallel"):
+        assert gemm.matmul(np.ones((3, 131)), np.ones((131, 2))).tolist() == [[131.0] * 2] * 3
+    assert launches == [("inner", 2)]
 
 
 @pytest.mark.parametrize("case", ["mixed dtypes", "strided a", "integers", "empty", "strided b"])
