@@ -23,6 +23,12 @@ a gradient near or below what a central difference resolves (say ``1e-200`` afte
 of 100% when the difference quotient is pure round-off. A wrong gradient of ordinary size is unaffected. Checks
 run in float64: in float32 a central difference has almost no significant digits left.
 
+Kinks: a coordinate whose ``+-eps`` moves some ReLU6 input across 0 or 6 gets a central difference that mixes
+the slopes of both sides. Where the central difference disagrees with the backward pass, the one-sided
+differences ``(L(theta + eps e_i) - L(theta)) / eps`` and ``(L(theta) - L(theta - eps e_i)) / eps`` are taken
+too; when they disagree with each other a kink lies within ``eps``, and the coordinate passes if the backward
+pass matches the one on the side without it (the report counts these coordinates).
+
 Two ways to call it::
 
     mn.gradcheck(module, x)                                # the module's input and all its parameters
@@ -62,6 +68,7 @@ class ArrayReport:
     analytic: float           # the two values there
     numeric: float
     failures: int             # coordinates outside atol + rtol |numeric|
+    at_kinks: int = 0         # coordinates within eps of a kink, judged by a one-sided difference
 
 
 @dataclasses.dataclass
@@ -94,6 +101,10 @@ class GradcheckResult:
     def checked(self) -> int:
         return sum(r.checked for r in self.reports)
 
+    @property
+    def at_kinks(self) -> int:
+        return sum(r.at_kinks for r in self.reports)
+
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.reports] + [5])
         lines = [f"{'array':<{width}}  {'shape':<18} {'checked':>7}  {'max abs err':>11}  {'max rel err':>11}  "
@@ -103,8 +114,10 @@ class GradcheckResult:
                          f"{r.max_rel_error:11.3e}  {r.failures}")
         w = self.worst if self.reports else None
         verdict = "PASSED" if self.passed else "FAILED"
+        kinks = (f"; {self.at_kinks} within eps of a kink, judged by a one-sided difference"
+                 if self.at_kinks else "")
         lines.append(f"{verdict}: {self.checked} coordinates, eps={self.eps:g}, atol={self.atol:g}, "
-                     f"rtol={self.rtol:g}")
+                     f"rtol={self.rtol:g}{kinks}")
         if w is not None:
             lines.append(f"worst relative error {w.max_rel_error:.3e} at {w.name}{list(w.worst_index)}: "
                          f"analytic {w.analytic:.12g}, numeric {w.numeric:.12g}")
@@ -124,7 +137,15 @@ def _roundoff(out: np.ndarray, R: np.ndarray, eps: float) -> float:
 
 def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) -> ArrayReport:
     """Central differences of ``sum(output() * R)`` at the flat coordinates ``idx`` of ``array`` (perturbed in
-    place and restored)."""
+    place and restored).
+
+    A coordinate within ``eps`` of a kink (a ReLU6 input that the perturbation moves across 0 or 6) has a central
+    difference that mixes the slopes of both sides. Where the central difference disagrees with ``analytic``,
+    the two one-sided differences are taken as well: if they disagree with each other (beyond the same
+    tolerance) the coordinate is at such a kink, and it passes when ``analytic`` matches the one on the side
+    without it. A wrong gradient away from kinks still fails: there both one-sided differences agree with the
+    central one.
+    """
     flat = array.reshape(-1)
     if not np.shares_memory(flat, array):
         raise ValueError(f"gradcheck: {name} must be a contiguous array")
@@ -133,7 +154,14 @@ def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) 
         raise ValueError(f"gradcheck: the backward pass returned a gradient of shape {analytic.shape} for {name}, "
                          f"which has shape {array.shape}")
     analytic = analytic.reshape(-1)
+    a = analytic[idx]
     numeric = np.empty(len(idx))
+    base = None
+    at_kinks = 0
+
+    def within(value, reference):
+        return abs(value - reference) <= atol + rtol * abs(reference)
+
     for k, i in enumerate(idx):
         saved = flat[i]
         flat[i] = saved + eps
@@ -142,7 +170,15 @@ def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) 
         minus = output()
         flat[i] = saved
         numeric[k] = np.sum((plus - minus) * R) / (2 * eps)
-    a = analytic[idx]
+        if not within(a[k], numeric[k]) and np.isfinite(a[k]):
+            base = output() if base is None else base
+            forward = np.sum((plus - base) * R) / eps
+            backward = np.sum((base - minus) * R) / eps
+            if not within(forward, backward) and not within(backward, forward):
+                side = min((forward, backward), key=lambda v: abs(a[k] - v))
+                if within(a[k], side):
+                    numeric[k] = side
+                    at_kinks += 1
     abs_err = np.abs(a - numeric)
     rel_err = abs_err / max(float(np.abs(numeric).max(initial=0.0)), floor, 1e-300)
     # "not within tolerance" rather than "beyond it": a NaN in either gradient is a failure, never a pass
@@ -151,7 +187,7 @@ def _compare(name, array, analytic, output, R, idx, eps, atol, rtol, floor=0.0) 
     worst = tuple(int(v) for v in np.unravel_index(idx[k], array.shape)) if len(idx) else ()
     return ArrayReport(name, tuple(array.shape), len(idx), float(abs_err.max(initial=0.0)),
                        float(rel_err.max(initial=0.0)), worst, float(a[k]) if len(idx) else 0.0,
-                       float(numeric[k]) if len(idx) else 0.0, failures)
+                       float(numeric[k]) if len(idx) else 0.0, failures, at_kinks)
 
 
 def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,

@@ -52,6 +52,35 @@ def test_catches_a_missing_factor_of_two(xw):
     assert np.isclose(2 * a, n, rtol=1e-6)
 
 
+def relu6_forward(x):
+    return np.clip(x, 0, 6), x
+
+
+def relu6_backward(dout, x, at_zero=0.0):
+    return dout * ((x > 0) & (x < 6)) + at_zero * dout * (x == 0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, -0.3, 0.9, -0.9])
+def test_a_coordinate_within_eps_of_a_kink_is_judged_by_the_one_sided_difference_without_it(offset):
+    """Inputs within ``eps`` of ReLU6's kinks at 0 and 6 (and exactly on them, where the backward takes the slope
+    of the flat side, as PyTorch does): the central difference there is half of each slope, the one-sided one
+    on the far side of the kink is the derivative. A backward with the slope of the wrong side at a kink, or
+    wrong away from the kinks, still fails."""
+    eps = 1e-6
+    x = np.array([offset * eps, 6 + offset * eps, 3.0, -2.0, 7.5])
+    pair = (relu6_forward, relu6_backward)
+    result = mn.gradcheck(pair, x, eps=eps)
+    assert result.passed, str(result)
+    assert result.at_kinks == 2 and "2 within eps of a kink" in str(result)
+
+    def steep_near_kinks(dout, x):
+        # slope 1 within eps on both sides of each kink: wrong on one side of it, and only exactly on a kink is
+        # either side's slope a valid one
+        return dout * ((x >= -eps) & (x <= 6 + eps))
+    assert mn.gradcheck((relu6_forward, steep_near_kinks), x, eps=eps).passed == (offset == 0)
+    assert not mn.gradcheck((relu6_forward, lambda d, x: 1.01 * relu6_backward(d, x)), x, eps=eps).passed
+
+
 def test_report_names_the_worst_array(xw):
     result = mn.gradcheck((square_forward, square_backward_wrong_w), xw)
     assert not result.passed and result.worst.name == "input1"

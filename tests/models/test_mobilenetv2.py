@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import randomize_bn
 
@@ -166,6 +166,7 @@ def test_nan_and_non_array_inputs():
 
 @settings(max_examples=3)
 @given(seed=st.integers(0, 2**16), cifar=st.booleans())
+@example(seed=4529, cifar=True)          # a stem-weight coordinate with a ReLU6 kink within eps
 def test_whole_network_gradients_match_finite_differences(seed, cifar):
     """Width 0.35, batch 2, float64, training mode: random coordinates of random parameters and of the input.
 
@@ -185,7 +186,9 @@ def test_whole_network_gradients_match_finite_differences(seed, cifar):
     # The round-off of a central difference grows with the gradients, so the absolute tolerance is relative to
     # the network's largest gradient; eps is small so that a perturbation rarely pushes a ReLU6 input across a
     # kink: the stem weight moves every activation, and with eps = 1e-8 its central difference still
-    # straddles kinks (3e-3 off); with 1e-9 it agrees to 1e-6 while round-off stays below atol.
+    # straddles kinks (3e-3 off); with 1e-9 it agrees to 1e-6 while round-off stays below atol. A coordinate
+    # that still has a kink within eps (seed 4529 with the CIFAR preset has one) is judged by gradcheck on the
+    # one-sided difference without it.
     model.train()
     model.backward(rng.standard_normal(model(x).shape))
     scale = max(np.abs(p.grad).max() for p in model.parameters())
