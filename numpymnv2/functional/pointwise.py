@@ -25,6 +25,16 @@ def check_channels(x: np.ndarray, T: np.ndarray) -> tuple[int, int]:
     return C_out, C_in
 
 
+def check_gradient_out(dT_out, T: np.ndarray, dtype) -> None:
+    """Raise a ``ValueError`` unless ``dT_out`` is None or a C-contiguous array of ``T``'s shape and ``dtype``."""
+    if dT_out is not None and not (type(dT_out) is np.ndarray and dT_out.shape == T.shape
+                                   and dT_out.dtype == dtype and dT_out.flags.c_contiguous):
+        got = (f"{dT_out.shape} {dT_out.dtype}" + ("" if dT_out.flags.c_contiguous else " not C-contiguous")
+               if isinstance(dT_out, np.ndarray) else type(dT_out).__name__)
+        raise ValueError(f"pointwise_conv2d: dT_out must be a C-contiguous {np.dtype(dtype)} array of shape "
+                         f"{T.shape}, got {got}")
+
+
 def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
     """1x1 convolution, stride 1, no bias.
 
@@ -54,13 +64,16 @@ def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
     return z.reshape(*x.shape[:-1], C_out), PointwiseCache(x, T)
 
 
-def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache):
+def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache, dT_out: np.ndarray | None = None):
     """Gradients of :func:`pointwise_conv2d_forward`.
 
     Parameters
     ----------
     dz : ndarray, shape (N, H, W, C_out)
     cache : PointwiseCache
+    dT_out : ndarray, shape (C_out, C_in), C-contiguous, dtype of ``dz``, optional
+        Where to write ``dL/dT`` (a layer passes its weight's gradient array after ``zero_grad``, see
+        :meth:`numpymnv2.nn.Parameter.grad_target`); None: a new array.
 
     Returns
     -------
@@ -69,8 +82,9 @@ def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache):
     """
     x, T = cache
     C_out, C_in = T.shape
+    check_gradient_out(dT_out, T, dz.dtype)
     dZ = dz.reshape(-1, C_out)
     # forward was: Z = X @ T.T
-    dT = dZ.T @ x.reshape(-1, C_in)
+    dT = np.matmul(dZ.T, x.reshape(-1, C_in), out=dT_out)
     dx = (dZ @ T).reshape(x.shape)
     return dx, dT

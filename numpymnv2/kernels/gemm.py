@@ -140,8 +140,8 @@ def _numba_can_multiply(a, b, out) -> bool:
         and a.flags.c_contiguous and out.flags.c_contiguous and (b.flags.c_contiguous or b.flags.f_contiguous)
 
 
-def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^T @ b``, a new array of shape ``(a.shape[1], b.shape[1])``.
+def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a^T @ b`` into ``out`` (allocated when not given, shape ``(a.shape[1], b.shape[1])``) and returned.
 
     Split over the rows of ``a`` and ``b`` (partial products added), or over the columns of ``a`` when there
     are too few rows for that or no more rows than ``b`` has columns. Measured on the 2-core machine (OpenMP
@@ -153,21 +153,26 @@ def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ----------
     a : ndarray, shape (M, K), C-contiguous
     b : ndarray, shape (M, N), C-contiguous, dtype of ``a``
+    out : ndarray, shape (K, N), C-contiguous, dtype of ``a``, optional
     """
-    M = a.shape[0]
-    work = M * a.shape[1] * b.shape[1]
-    # b in the place of the output: the kernels need it C-contiguous and of a's dtype, as an output
-    if work == 0 or not _numba_can_multiply(a, b, b):
-        return a.T @ b
-    blocks, (K, N) = _chunks(M, work), (a.shape[1], b.shape[1])
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    if out is None:
+        out = np.empty((K, N), dtype=np.result_type(a, b))
+    work = M * K * N
+    # b's layout is checked in the place of the output's: the kernels need it C-contiguous and of a's dtype
+    if work == 0 or not _numba_can_multiply(a, b, b) or not _numba_can_multiply(a, out, out):
+        return np.matmul(a.T, b, out=out)
+    blocks = _chunks(M, work)
     columns = _chunks(K, work, MIN_COLUMNS_PER_THREAD)
     if columns > 1 and (blocks == 1 or M <= N):
-        out = np.empty((K, N), dtype=a.dtype)
         _PRODUCTS_TN_COLS.launch(work, a, b, out, columns)
-        return out
-    partial = np.empty((blocks, K, N), dtype=a.dtype)
-    _PRODUCTS_TN.launch(work, a, b, partial)
-    return partial[0] if partial.shape[0] == 1 else partial.sum(axis=0)
+    elif blocks == 1:
+        _PRODUCTS_TN.launch(work, a, b, out.reshape(1, K, N))
+    else:
+        partial = np.empty((blocks, K, N), dtype=a.dtype)
+        _PRODUCTS_TN.launch(work, a, b, partial)
+        np.sum(partial, axis=0, out=out)
+    return out
 
 
 __all__ = ["matmul", "matmul_tn"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpymnv2.functional.pointwise import PointwiseCache, check_channels
+from numpymnv2.functional.pointwise import PointwiseCache, check_channels, check_gradient_out
 from numpymnv2.kernels import gemm
 
 
@@ -30,7 +30,7 @@ def pointwise_conv2d_forward(x: np.ndarray, T: np.ndarray):
     return z.reshape(*x.shape[:-1], C_out), PointwiseCache(x, T)
 
 
-def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache):
+def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache, dT_out: np.ndarray | None = None):
     """``dL/dT = dZ^T X`` and ``dL/dX = dZ T``; see
     :func:`numpymnv2.functional.pointwise.pointwise_conv2d_backward`.
 
@@ -38,6 +38,8 @@ def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache):
     ----------
     dz : ndarray, shape (N, H, W, C_out)
     cache : PointwiseCache
+    dT_out : ndarray, shape (C_out, C_in), C-contiguous, dtype of ``dz``, optional
+        Where to write ``dL/dT``; None: a new array.
 
     Returns
     -------
@@ -46,8 +48,9 @@ def pointwise_conv2d_backward(dz: np.ndarray, cache: PointwiseCache):
     """
     x, T = cache
     C_out, C_in = T.shape
+    check_gradient_out(dT_out, T, dz.dtype)
     dZ = np.ascontiguousarray(dz).reshape(-1, C_out)
-    dT = gemm.matmul_tn(dZ, x.reshape(-1, C_in))
+    dT = gemm.matmul_tn(dZ, x.reshape(-1, C_in), out=dT_out)
     dx = gemm.matmul(dZ, T).reshape(x.shape)
     return dx, dT
 

@@ -96,7 +96,7 @@ class _WindowConv(_Layer):
     def backward(self, dout):
         cache, impl = self._recall(dout)
         dx, dw = impl.backward(dout, cache)
-        self.weight.grad += dw
+        self.weight.accumulate_grad(dw)
         return dx
 
 
@@ -189,8 +189,9 @@ class PointwiseConv2d(_Layer):
 
     def backward(self, dout):
         cache, impl = self._recall(dout)
-        dx, dT = impl.backward(dout, cache)
-        self.weight.grad += dT
+        # straight into weight.grad after zero_grad: these weights are nearly all of MobileNetV2's parameters
+        dx, dT = impl.backward(dout, cache, dT_out=self.weight.grad_target())
+        self.weight.accumulate_grad(dT)
         return dx
 
 
@@ -273,8 +274,8 @@ class BatchNorm2d(_Layer):
         cache, impl = self._recall(dout)
         # the residual's gradient is dout: the caller's
         dx, dgamma, dbeta, _ = impl.backward(dout, cache, allreduce=self._allreduce)
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        self.weight.accumulate_grad(dgamma)
+        self.bias.accumulate_grad(dbeta)
         return dx
 
 
@@ -392,9 +393,9 @@ class Linear(_Layer):
     def backward(self, dout):
         cache, impl = self._recall(dout)
         dx, dw, db = impl.backward(dout, cache)
-        self.weight.grad += dw
+        self.weight.accumulate_grad(dw)
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.accumulate_grad(db)
         return dx
 
 

@@ -5,7 +5,7 @@ The convention, once for the whole package
 * ``module(x)`` runs ``forward`` and keeps in the module what ``backward`` needs (the op's cache).
 * ``module.backward(dout)`` takes dL/d(output), **adds** each parameter's gradient into ``Parameter.grad``
   (so gradients of several backward passes accumulate, as in PyTorch, until :meth:`Module.zero_grad`) and
-  returns dL/d(input).
+  returns dL/d(input). ``Parameter.grad`` is always the same array (a view of it stays valid).
 * Activations are NHWC arrays; parameters and buffers share one dtype (float32 or float64) and inputs must match
   it: nothing is silently up- or down-cast.
 * A module holds parameters, buffers (BatchNorm running statistics), child modules, its mode and its last cache;
@@ -60,14 +60,57 @@ class Parameter:
     data : ndarray
         The value, updated in place by optimizers.
     grad : ndarray, same shape and dtype as ``data``
-        dL/d(data), accumulated by backward passes; zeroed by ``zero_grad``.
+        dL/d(data), accumulated by backward passes (:meth:`accumulate_grad`); zeroed by :meth:`zero_grad`.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "_grad", "_zero_pending")
 
     def __init__(self, data: np.ndarray):
         self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self._grad = np.zeros_like(self.data)
+        self._zero_pending = False
+
+    @property
+    def grad(self) -> np.ndarray:
+        if self._zero_pending:            # zero_grad's fill, done when someone looks
+            self._grad.fill(0)
+            self._zero_pending = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        self._grad = value
+        self._zero_pending = False
+
+    def zero_grad(self) -> None:
+        """Make ``grad`` zero, in place. Writing the zeros waits until ``grad`` is read: the next backward pass
+        writes its gradient over the array (:meth:`grad_target`, :meth:`accumulate_grad`) instead of adding it to
+        zeros (the fill and the sum's reads of both operands were three passes over every gradient in each
+        training step). ``grad`` stays the same array, so a view of it (a flat buffer of all gradients) stays
+        valid."""
+        self._zero_pending = True
+
+    def grad_target(self) -> np.ndarray | None:
+        """The array a backward pass may write this parameter's gradient into, instead of allocating one: ``grad``
+        itself while :meth:`zero_grad`'s zeros are pending (and it is C-contiguous, of the parameter's dtype),
+        else None (the gradient must be added). Pass what the operation returns to :meth:`accumulate_grad`."""
+        g = self._grad
+        if self._zero_pending and g.flags.c_contiguous and g.dtype == self.data.dtype:
+            return g
+        return None
+
+    def accumulate_grad(self, g: np.ndarray) -> None:
+        """``grad += g``, in place; after :meth:`zero_grad`, ``grad[...] = g`` (and nothing when ``g`` is ``grad``
+        itself, written through :meth:`grad_target`). A ``g`` of another shape is a ``ValueError``, not a
+        broadcast."""
+        if g.shape != self._grad.shape:
+            raise ValueError(f"Parameter{self._grad.shape}: expected a gradient of shape {self._grad.shape}, "
+                             f"got {g.shape}")
+        if not self._zero_pending:
+            self._grad += g
+        elif g is not self._grad:
+            np.copyto(self._grad, g)
+        self._zero_pending = False
 
     @property
     def shape(self):
@@ -305,9 +348,9 @@ class Module:
                 yield (f"{mod_name}.{key}" if mod_name else key), b
 
     def zero_grad(self) -> None:
-        """Set every parameter's gradient to zero."""
+        """Set every parameter's gradient to zero (see :meth:`Parameter.zero_grad`)."""
         for p in self.parameters():
-            p.grad[...] = 0
+            p.zero_grad()
 
     def num_parameters(self) -> int:
         """Number of trainable scalars (BatchNorm running statistics excluded)."""

@@ -254,9 +254,9 @@ class Optimizer(abc.ABC):
         """Update every parameter from its ``.grad``, in place."""
 
     def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to zero, in place."""
+        """Set every parameter's ``.grad`` to zero (see :meth:`numpymnv2.nn.Parameter.zero_grad`)."""
         for p in self._flat_params():
-            p.grad[...] = 0
+            p.zero_grad()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A flat copy of the optimizer's state, ready for ``np.savez``.

@@ -74,3 +74,37 @@ def test_pointwise_backward_accepts_non_contiguous_gradient():
 def test_pointwise_rejects_channel_mismatch():
     with pytest.raises(ValueError, match="weight expects 4 input channels, got input shape \\(1, 2, 2, 3\\)"):
         pointwise_conv2d_forward(np.zeros((1, 2, 2, 3)), np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("shape,C_out", [((2, 3, 3, 4), 5), ((32, 1, 1, 160), 960), ((8, 8, 8, 24), 144)])
+def test_pointwise_backward_writes_the_weight_gradient_where_asked(backend, shape, C_out):
+    """``dT_out``: the weight gradient written into a given array (a layer's ``weight.grad``), the same values as
+    a new one, on both pairs and on every path of the fast products."""
+    from numpymnv2 import ops
+    forward, backward = ops.POINTWISE_CONV2D.on(backend)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    T = rng.standard_normal((C_out, shape[-1])).astype(np.float32)
+    z, cache = forward(x, T)
+    dz = rng.standard_normal(z.shape).astype(np.float32)
+    dx, dT = backward(dz, cache)
+    out = np.full(T.shape, np.nan, np.float32)
+    dx2, dT2 = backward(dz, cache, dT_out=out)
+    assert dT2 is out
+    np.testing.assert_array_equal(dx2, dx)
+    np.testing.assert_array_equal(out, dT)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("bad,got", [(np.zeros((5, 3), np.float32), r"\(5, 3\) float32"),
+                                     (np.zeros((5, 4)), r"\(5, 4\) float64"),
+                                     (np.zeros((4, 5), np.float32).T, r"\(5, 4\) float32 not C-contiguous"),
+                                     ([[0.0] * 4] * 5, "list")])
+def test_pointwise_backward_rejects_a_bad_gradient_array(backend, bad, got):
+    from numpymnv2 import ops
+    forward, backward = ops.POINTWISE_CONV2D.on(backend)
+    z, cache = forward(np.ones((1, 2, 2, 4), np.float32), np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"pointwise_conv2d: dT_out must be a C-contiguous float32 array of shape "
+                                         r"\(5, 4\), got " + got):
+        backward(np.ones_like(z), cache, dT_out=bad)

@@ -197,3 +197,20 @@ def test_fast_pointwise_matches_the_reference(monkeypatch, split_on, dtype):
         np.testing.assert_allclose(got, want, rtol=tol, atol=10 * tol)
     with pytest.raises(ValueError, match="weight expects 4 input channels"):
         fast_pointwise.pointwise_conv2d_forward(x, T[:, :4])
+
+
+@pytest.mark.parametrize("copy", ["parallel", "serial"])
+@pytest.mark.parametrize("M,K,N,kernel", [(130, 2, 3, "tn"), (49, 130, 3, "tn columns"), (20, 3, 4, "tn")])
+def test_weight_gradient_into_a_given_array(split, monkeypatch, copy, M, K, N, kernel):
+    """``matmul_tn(a, b, out)`` writes into ``out`` on every path (partial sums, columns of ``a``, one block) and
+    NumPy's when the kernels do not take ``out``."""
+    a, b = _arrays(M, K, 1, np.float64)[0], _arrays(M, N, 1, np.float64, seed=1)[0]
+    launches = _count_launches(monkeypatch)
+    out = np.full((K, N), np.nan)
+    with kernel_copy(copy):
+        assert gemm.matmul_tn(a, b, out) is out
+        strided = np.full((N, K), np.nan).T
+        assert gemm.matmul_tn(a, b, strided) is strided
+    assert len(launches) == 1 and launches[0][0] == (kernel if copy == "parallel" else "tn")
+    np.testing.assert_allclose(out, a.T @ b, rtol=1e-12, atol=1e-12 * M)
+    np.testing.assert_allclose(strided, a.T @ b, rtol=1e-12, atol=1e-12 * M)

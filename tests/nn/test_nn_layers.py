@@ -321,3 +321,62 @@ def test_conv_bn_act_follows_its_batchnorm_mode():
     out = layer(x)
     assert int(layer.bn.num_batches_tracked) == 0
     np.testing.assert_allclose(out, layer.conv(x) / np.sqrt(1 + 1e-5), rtol=1e-12)
+
+
+# Layers with parameters at sizes that take every path of the fast backend's products (split by rows with
+# partial sums, by columns, over the inner dimension, unsplit) and of its other kernels.
+GRADIENT_LAYERS = {
+    "pointwise-1x1": (lambda dt: PointwiseConv2d(320, 1280, rng=0, dtype=dt), (32, 1, 1, 320)),
+    "pointwise-2x2": (lambda dt: PointwiseConv2d(96, 576, rng=0, dtype=dt), (32, 2, 2, 96)),
+    "pointwise-16x16": (lambda dt: PointwiseConv2d(16, 96, rng=0, dtype=dt), (8, 16, 16, 16)),
+    "pointwise-small": (lambda dt: PointwiseConv2d(4, 6, rng=0, dtype=dt), (2, 3, 5, 4)),
+    "stem": (lambda dt: Conv2d(3, 32, 3, 2, 1, rng=0, dtype=dt), (4, 32, 32, 3)),
+    "depthwise": (lambda dt: DepthwiseConv2d(144, 3, 1, 1, rng=0, dtype=dt), (8, 8, 8, 144)),
+    "batchnorm-act": (lambda dt: BatchNormAct2d(144, "relu6", dtype=dt), (8, 8, 8, 144)),
+    "linear": (lambda dt: Linear(1280, 10, rng=0, dtype=dt), (32, 1280)),
+}
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("name", sorted(GRADIENT_LAYERS))
+def test_gradients_stay_in_their_arrays_over_steps_and_accumulate(name, backend):
+    """Whether a layer writes its gradient straight into ``Parameter.grad`` (after ``zero_grad``) or adds it,
+    ``grad`` stays the same array, holds this step's gradient after ``zero_grad`` and the sum of the steps
+    without it, and a kept view of it (a flat buffer of all gradients, as data-parallel training keeps) sees
+    every value."""
+    import numpymnv2 as mn
+    factory, shape = GRADIENT_LAYERS[name]
+    rng = np.random.default_rng(0)
+    layer = factory("float32")
+    params = list(layer.parameters())
+    arrays = [p.grad for p in params]
+    flat = np.zeros(sum(g.size for g in arrays), np.float32)
+    views, offset = [], 0
+    for p in params:
+        p.grad = flat[offset:offset + p.grad.size].reshape(p.shape)
+        views.append(p.grad)
+        offset += p.grad.size
+    x = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    with mn.use_backend(backend):
+        out = layer(x[0])
+        douts = [rng.standard_normal(out.shape).astype(np.float32) for _ in range(3)]
+
+        def gradients(step, zero=True):
+            if zero:
+                layer.zero_grad()
+            layer(x[step])
+            layer.backward(douts[step])
+            return [p.grad.copy() for p in params]
+
+        alone = [gradients(step) for step in range(3)]
+        layer.zero_grad()
+        for step in range(3):
+            summed = gradients(step, zero=False)
+        again = gradients(1)
+    for p, view in zip(params, views):
+        assert p.grad is view
+    for i, view in enumerate(views):
+        scale = max(1.0, float(np.abs(alone[0][i]).max()))
+        np.testing.assert_allclose(summed[i], alone[0][i] + alone[1][i] + alone[2][i], rtol=1e-5, atol=1e-5 * scale)
+        np.testing.assert_array_equal(again[i], alone[1][i])
+        np.testing.assert_array_equal(view, alone[1][i])

@@ -225,6 +225,61 @@ def test_parameter_basics():
     assert repr(p) == "Parameter(shape=(3, 2), dtype=float64)"
 
 
+def test_zero_grad_defers_its_fill_and_the_next_gradient_is_written_over_it():
+    p = Parameter(np.ones((2, 3), np.float32))
+    grad = p.grad
+    p.accumulate_grad(np.full((2, 3), 2, np.float32))
+    assert p.grad is grad and np.all(grad == 2)              # no zero_grad yet: added in place
+    assert p.grad_target() is None                          # nothing pending: a backward must add
+    p.zero_grad()
+    assert p.grad is grad and not grad.any()                # read after zero_grad: zeros, in place
+    p.zero_grad()
+    g = np.full((2, 3), 3, np.float32)
+    p.accumulate_grad(g)
+    assert p.grad is grad and np.all(grad == 3)             # copied over the pending zeros
+    g[...] = 0
+    assert np.all(p.grad == 3)
+    p.accumulate_grad(np.ones((2, 3), np.float32))
+    assert np.all(grad == 4)                                # then added
+    p.zero_grad()
+    target = p.grad_target()
+    assert target is grad
+    target[...] = 5                                         # an operation writes its gradient there
+    p.accumulate_grad(target)
+    assert p.grad is grad and np.all(grad == 5)             # and it is not added to itself
+    p.accumulate_grad(p.grad)
+    assert np.all(grad == 10)                               # (with nothing pending, it is)
+
+
+def test_a_pending_zero_is_not_lost_when_the_writer_fails():
+    p = Parameter(np.ones(4))
+    p.accumulate_grad(np.ones(4))
+    p.zero_grad()
+    p.grad_target()[...] = 7                                # a backward that raised after writing part of it
+    assert not p.grad.any()                                 # never told accumulate_grad: still zero
+
+
+@pytest.mark.parametrize("grad", [lambda: np.zeros((3, 2)).T, lambda: np.zeros((2, 3), np.float32)],
+                         ids=["transposed", "float32"])
+def test_no_target_for_a_grad_the_kernels_cannot_write(grad):
+    p = Parameter(np.ones((2, 3)))
+    p.grad = grad()
+    p.zero_grad()
+    assert p.grad_target() is None
+    p.accumulate_grad(np.full((2, 3), 2.0))
+    assert np.all(p.grad == 2)
+
+
+def test_a_gradient_of_another_shape_is_an_error_not_a_broadcast():
+    p = Parameter(np.ones((2, 3)))
+    for pending in (False, True):
+        if pending:
+            p.zero_grad()
+        with pytest.raises(ValueError, match=r"expected a gradient of shape \(2, 3\), got \(3,\)"):
+            p.accumulate_grad(np.ones(3))
+    assert p.grad.shape == (2, 3) and not p.grad.any()       # the failed calls left the pending zeros
+
+
 def test_repr_shows_the_tree():
     text = repr(small_net())
     assert text.startswith("Sequential(\n  (0): ConvBNAct(\n    (0): Conv2d(3, 4, kernel_size=3, stride=2, padding=1)\n"
