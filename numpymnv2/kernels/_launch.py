@@ -277,7 +277,7 @@ class SumsKernel(Kernel):
     def __call__(self, work: int, rows: int, inputs: tuple, shape: tuple) -> np.ndarray:
         partial = np.zeros((num_chunks(rows, work),) + tuple(shape))
         self.launch(work, rows, inputs, partial)
-        return partial.sum(axis=0)
+        return partial[0]           # the kernel has added the other threads' sums into it
 
 
 def _renamed(py_func, name: str, **globals_):
@@ -315,7 +315,8 @@ def _each_row(rows, n_chunks, inputs):
 
 
 def _sum_rows(rows, inputs, partial):
-    """``partial[t] += sum of row_function(inputs, r, acc)`` over thread ``t``'s block of the ``rows`` rows.
+    """``partial[t] += sum of row_function(inputs, r, acc)`` over thread ``t``'s block of the ``rows`` rows, then
+    ``partial[0] += partial[t]`` for ``t = 1, 2, ...`` in turn (after the parallel loop, in the calling thread).
 
     ``acc`` is shaped like ``partial[t]`` in the dtype of ``inputs[0]``; it joins the float64 ``partial[t]``
     every ``ROWS_PER_FLUSH`` rows and at the end of the block.
@@ -332,6 +333,12 @@ def _sum_rows(rows, inputs, partial):
                 for k in range(acc_flat.shape[0]):
                     partial_flat[k] += acc_flat[k]
                     acc_flat[k] = 0
+    # the sum of the threads' sums, in their order (what partial.sum(axis=0) gave, without its call)
+    total = partial[0].reshape(-1)
+    for t in range(1, n_chunks):
+        block = partial[t].reshape(-1)
+        for k in range(total.shape[0]):
+            total[k] += block[k]
 
 
 def _from_skeleton(kind, skeleton, row, bind: dict, options: dict):

@@ -43,12 +43,23 @@ def _products(a, b, out, n_chunks):
         np.dot(a[lo:hi], b, out[lo:hi])
 
 
-def _products_tn(a, b, partial):
-    """``partial[t] = a[lo:hi]^T @ b[lo:hi]`` for thread ``t``'s block ``[lo, hi)`` of the rows."""
-    M, n_chunks = a.shape[0], partial.shape[0]
+def _products_tn(a, b, out, rest):
+    """``a[lo:hi]^T @ b[lo:hi]`` for thread ``t``'s block ``[lo, hi)`` of the rows, into ``out`` for ``t = 0`` and
+    into ``rest[t - 1]`` for the others; then ``out += rest[0]``, ``out += rest[1]``, ... in turn, each thread
+    adding up its block of the rows of ``out``."""
+    M, n_chunks = a.shape[0], rest.shape[0] + 1
     for t in prange(n_chunks):
         lo, hi = t * M // n_chunks, (t + 1) * M // n_chunks
-        np.dot(a[lo:hi].T, b[lo:hi], partial[t])
+        if t == 0:
+            np.dot(a[lo:hi].T, b[lo:hi], out)
+        else:
+            np.dot(a[lo:hi].T, b[lo:hi], rest[t - 1])
+    K, N = out.shape
+    for t in prange(n_chunks):
+        for i in range(t * K // n_chunks, (t + 1) * K // n_chunks):
+            for s in range(n_chunks - 1):
+                for j in range(N):
+                    out[i, j] += rest[s, i, j]
 
 
 def _products_cols(a, b_t, out_t, n_chunks):
@@ -166,12 +177,8 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np
     columns = _chunks(K, work, MIN_COLUMNS_PER_THREAD)
     if columns > 1 and (blocks == 1 or M <= N):
         _PRODUCTS_TN_COLS.launch(work, a, b, out, columns)
-    elif blocks == 1:
-        _PRODUCTS_TN.launch(work, a, b, out.reshape(1, K, N))
     else:
-        partial = np.empty((blocks, K, N), dtype=a.dtype)
-        _PRODUCTS_TN.launch(work, a, b, partial)
-        np.sum(partial, axis=0, out=out)
+        _PRODUCTS_TN.launch(work, a, b, out, np.empty((blocks - 1, K, N), dtype=a.dtype))
     return out
 
 

@@ -23,12 +23,13 @@ def _arrays(M, K, N, dtype, seed=0):
 
 
 def _count_launches(monkeypatch):
-    """The kernels launched, by name: rows, tn, columns, with the number of blocks (rows of the partial sums)."""
+    """The kernels launched, by name: rows, tn, columns, with the number of blocks (for tn, one more than the
+    partial products beside ``out``)."""
     launches = []
     for name, kernel in (("rows", gemm._PRODUCTS), ("tn", gemm._PRODUCTS_TN), ("columns", gemm._PRODUCTS_COLS),
                          ("tn columns", gemm._PRODUCTS_TN_COLS), ("inner", gemm._PRODUCTS_INNER)):
         def counted(*args, _launch=kernel.launch, _name=name):
-            blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0]
+            blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0] + (_name == "tn")
             launches.append((_name, blocks))
             return _launch(*args)
         monkeypatch.setattr(kernel, "launch", counted)
@@ -214,3 +215,14 @@ def test_weight_gradient_into_a_given_array(split, monkeypatch, copy, M, K, N, k
     assert len(launches) == 1 and launches[0][0] == (kernel if copy == "parallel" else "tn")
     np.testing.assert_allclose(out, a.T @ b, rtol=1e-12, atol=1e-12 * M)
     np.testing.assert_allclose(strided, a.T @ b, rtol=1e-12, atol=1e-12 * M)
+
+
+@pytest.mark.parametrize("copy", ["serial", "parallel"])
+def test_weight_gradient_kernel_adds_any_number_of_blocks(split, copy):
+    """More blocks than this machine has threads (the kernel called directly): each block's rows counted once,
+    the products added into ``out`` in turn."""
+    pytest.importorskip("scipy")
+    a, b = np.ones((13, 3)), np.ones((13, 2))
+    out = np.full((3, 2), np.nan)
+    getattr(gemm._PRODUCTS_TN, copy)(a, b, out, np.full((4, 3, 2), np.nan))      # 5 blocks of 2 or 3 rows
+    assert out.tolist() == [[13.0] * 2] * 3

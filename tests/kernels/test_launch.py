@@ -50,6 +50,31 @@ def test_num_chunks():
     assert _launch.num_chunks(1, _launch.PARALLEL_MIN_WORK) == 1
 
 
+@numba.njit(inline="always")
+def _count_row(inputs, r, acc):
+    """Row ``r`` of a test sum: ``acc[0] += 1``, ``acc[1] += r``, ``acc[2] += weights[r]``."""
+    (weights,) = inputs
+    acc[0] += 1
+    acc[1] += r
+    acc[2] += weights[r]
+
+
+_counts = _launch.per_thread_sums(_count_row, rows_per_flush=2)
+
+
+@pytest.mark.parametrize("copy", ["serial", "parallel"])
+@pytest.mark.parametrize("blocks", [1, 2, 5])
+def test_per_thread_sums_add_every_row_once_and_every_block_into_the_first(copy, blocks):
+    """The skeleton of the BatchNorm and depthwise sums, called directly with any number of blocks: each row
+    counted once, and the kernel leaves the total in ``partial[0]`` (the blocks' sums added in turn)."""
+    rows = 11
+    weights = np.arange(rows, dtype=np.float32) * 0.5
+    partial = np.zeros((blocks, 3))
+    getattr(_counts, copy)(rows, (weights,), partial)
+    assert partial[0].tolist() == [11.0, 55.0, 27.5]
+    assert _counts(0, rows, (weights,), (3,)).tolist() == [11.0, 55.0, 27.5]
+
+
 def test_kernels_are_named_after_their_row_function():
     from numpymnv2.kernels import batchnorm
     assert batchnorm._grad_sums.row is batchnorm._grad_sums_row
