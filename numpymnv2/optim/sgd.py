@@ -101,6 +101,7 @@ class SGD(Optimizer):
                  nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                       weight_decay=weight_decay))
+        self._many = {}       # the fast kernel's lists per (param group, dtype), kept between steps (not state)
 
     def _check_group(self, group: dict, where: str) -> None:
         super()._check_group(group, where)
@@ -117,15 +118,29 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (see :func:`sgd_update`).
 
-        On the fast backend (the default) the update of each parameter is one Numba pass over its arrays,
-        :func:`numpymnv2.kernels.optim.sgd_update`, with the same result bit for bit; the reference backend runs
-        :func:`sgd_update` itself.
+        On the fast backend (the default) the parameters of a group are updated in one Numba kernel launch, one
+        pass over their arrays (:func:`numpymnv2.kernels.optim.sgd_update_many`), with the same result bit for
+        bit; the reference backend runs :func:`sgd_update` itself, as does a parameter the kernel does not take.
         """
         use_kernel = get_backend() == "fast"
+        batches = {}          # (group, dtype) -> the arrays the fast kernel updates in one launch
         for group, p, state, work, created in self._each_param():
             buf = state.get("momentum_buffer")
-            update = fast.sgd_update if use_kernel and fast.accepts(p.data, p.grad, buf) else sgd_update
-            update(p.data, p.grad, buf, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                   nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                   first_step=self.step_count == 0 or "momentum_buffer" in created, work=work)
+            first_step = self.step_count == 0 or "momentum_buffer" in created
+            if use_kernel and fast.accepts(p.data, p.grad, buf):
+                _, params, grads, bufs, first_steps = batches.setdefault((id(group), p.data.dtype),
+                                                                         (group, [], [], [], []))
+                params.append(p.data)
+                grads.append(p.grad)
+                bufs.append(buf)
+                first_steps.append(first_step)
+                continue
+            sgd_update(p.data, p.grad, buf, lr=group["lr"], momentum=group["momentum"],
+                       dampening=group["dampening"], nesterov=group["nesterov"],
+                       weight_decay=group["weight_decay"], first_step=first_step, work=work)
+        for key, (group, params, grads, bufs, first_steps) in batches.items():
+            keep = self._many.setdefault(key, fast.ManyArrays())
+            fast.sgd_update_many(params, grads, bufs, first_steps, lr=group["lr"], momentum=group["momentum"],
+                                 dampening=group["dampening"], nesterov=group["nesterov"],
+                                 weight_decay=group["weight_decay"], keep=keep)
         self.step_count += 1

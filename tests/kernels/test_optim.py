@@ -64,3 +64,61 @@ def test_sgd_optimizer_is_bit_identical_on_both_backends(options):
         results.append([p.data.copy() for p in params])
     for fast, ref in zip(*results):
         np.testing.assert_array_equal(fast, ref)
+
+
+@given(sgd_cases(), st.lists(st.integers(0, MAX_SIZE), min_size=1, max_size=6), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from(COPIES), st.integers(0, 2**32 - 1))
+def test_sgd_kernel_over_many_arrays_equals_the_numpy_update_of_each(options, sizes, dtype, copy, seed):
+    """One launch over arrays of any sizes (empty ones, several blocks, remainders), each with its own first-step
+    flag: each array as if updated alone."""
+    rng = np.random.default_rng(seed)
+    first = [bool(f) for f in rng.integers(0, 2, len(sizes))]
+    del options["first_step"]
+    arrays = [[rng.standard_normal(n).astype(dtype) for _ in range(3)] for n in sizes]
+    want = [(p.copy(), b.copy()) for p, _, b in arrays]
+    for (p, b), (_, g, _), f in zip(want, arrays, first):
+        sgd_update(p, g, b, first_step=f, **options)
+    with kernel_copy(copy):
+        K.sgd_update_many([a[0] for a in arrays], [a[1] for a in arrays], [a[2] for a in arrays], first,
+                          keep=K.ManyArrays(), **options)
+    for (p, _, b), (want_p, want_b) in zip(arrays, want):
+        np.testing.assert_array_equal(p, want_p)
+        if options["momentum"] != 0:
+            np.testing.assert_array_equal(b, want_b)
+
+
+def test_sgd_kernel_over_many_arrays_sees_a_replaced_array_and_new_sizes():
+    """The Numba lists are kept between steps: a gradient array replaced (or a parameter of another size) since
+    the last step must be the one read."""
+    keep = K.ManyArrays()
+    params = [np.zeros(3, np.float32), np.zeros(5, np.float32)]
+    grads = [np.ones(3, np.float32), np.ones(5, np.float32)]
+    K.sgd_update_many(params, grads, None, [True, True], lr=1.0, keep=keep)
+    grads[1] = np.full(5, 2, np.float32)
+    K.sgd_update_many(params, grads, None, [False, False], lr=1.0, keep=keep)
+    assert params[0].tolist() == [-2.0] * 3 and params[1].tolist() == [-3.0] * 5
+    params.append(np.zeros(K.BLOCK + 1, np.float32))
+    grads.append(np.ones(K.BLOCK + 1, np.float32))
+    K.sgd_update_many(params, grads, None, [False] * 3, lr=1.0, keep=keep)
+    assert params[1].tolist() == [-5.0] * 5 and np.all(params[2] == -1)
+
+
+def test_sgd_optimizer_groups_with_their_own_hyperparameters_and_dtypes():
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (7,), (2, 2, 2)]
+    results = []
+    for backend in ("fast", "reference"):
+        params = [mn.nn.Parameter(rng.standard_normal(s).astype(dt)) for s in shapes
+                  for dt in (np.float32, np.float64)]
+        opt = SGD([{"params": params[:3], "lr": 0.1, "momentum": 0.9},
+                   {"params": params[3:], "lr": 0.01, "nesterov": True, "momentum": 0.5}], lr=0.5)
+        with mn.use_backend(backend):
+            for step in range(3):
+                for k, p in enumerate(params):
+                    p.grad[...] = np.sin(np.arange(p.grad.size) + 10 * step + k).reshape(p.shape)
+                opt.step()
+        results.append([p.data.copy() for p in params])
+        rng = np.random.default_rng(0)
+    for fast, ref in zip(*results):
+        assert fast.dtype == ref.dtype
+        np.testing.assert_array_equal(fast, ref)
