@@ -24,7 +24,7 @@ two OpenBLAS threads: 0.34 ms); ``(32768, 96) @ (96, 24)`` 1.42 ms against 2.54 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from numpymnv2.kernels import _threads
 from numpymnv2.kernels._launch import Kernel, num_chunks
@@ -54,9 +54,16 @@ def _products_tn(a, b, out, rest):
             np.dot(a[lo:hi].T, b[lo:hi], out)
         else:
             np.dot(a[lo:hi].T, b[lo:hi], rest[t - 1])
-    K, N = out.shape
+    _add_blocks(out, rest, n_chunks)
+
+
+@njit(cache=True, inline="always")
+def _add_blocks(out, rest, n_chunks):
+    """``out += rest[0]``, ``out += rest[1]``, ... in turn, thread ``t`` adding up its block of the rows of
+    ``out`` (inlined into the kernels above, whose parallel copies run it in parallel)."""
+    M, N = out.shape
     for t in prange(n_chunks):
-        for i in range(t * K // n_chunks, (t + 1) * K // n_chunks):
+        for i in range(t * M // n_chunks, (t + 1) * M // n_chunks):
             for s in range(n_chunks - 1):
                 for j in range(N):
                     out[i, j] += rest[s, i, j]
@@ -79,12 +86,18 @@ def _products_tn_cols(a, b, out, n_chunks):
         np.dot(np.ascontiguousarray(a[:, lo:hi].T), b, out[lo:hi])
 
 
-def _products_inner(a, b, partial):
-    """``partial[t] = a[:, lo:hi] @ b[lo:hi]`` for thread ``t``'s block ``[lo, hi)`` of the inner dimension."""
-    K, n_chunks = a.shape[1], partial.shape[0]
+def _products_inner(a, b, out, rest):
+    """``a[:, lo:hi] @ b[lo:hi]`` for thread ``t``'s block ``[lo, hi)`` of the inner dimension, into ``out`` for
+    ``t = 0`` and into ``rest[t - 1]`` for the others; then the blocks added into ``out`` as in
+    :func:`_products_tn`."""
+    K, n_chunks = a.shape[1], rest.shape[0] + 1
     for t in prange(n_chunks):
         lo, hi = t * K // n_chunks, (t + 1) * K // n_chunks
-        np.dot(np.ascontiguousarray(a[:, lo:hi]), b[lo:hi], partial[t])
+        if t == 0:
+            np.dot(np.ascontiguousarray(a[:, lo:hi]), b[lo:hi], out)
+        else:
+            np.dot(np.ascontiguousarray(a[:, lo:hi]), b[lo:hi], rest[t - 1])
+    _add_blocks(out, rest, n_chunks)
 
 
 _PRODUCTS = Kernel(_products, "gemm_products")           # compiled on first use (never without the split)
@@ -137,9 +150,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             return out
         inner = _chunks(a.shape[1], work, MIN_COLUMNS_PER_THREAD)
         if b.flags.c_contiguous and inner > 1:
-            partial = np.empty((inner, M, N), dtype=a.dtype)
-            _PRODUCTS_INNER.launch(work, a, b, partial)
-            return np.sum(partial, axis=0, out=out)
+            _PRODUCTS_INNER.launch(work, a, b, out, np.empty((inner - 1, M, N), dtype=a.dtype))
+            return out
     _PRODUCTS.launch(work, a, b, out, blocks)       # one block: one call of SciPy's BLAS on one thread
     return out
 

@@ -23,13 +23,13 @@ def _arrays(M, K, N, dtype, seed=0):
 
 
 def _count_launches(monkeypatch):
-    """The kernels launched, by name: rows, tn, columns, with the number of blocks (for tn, one more than the
-    partial products beside ``out``)."""
+    """The kernels launched, by name: rows, tn, columns, with the number of blocks (for tn and inner, one more
+    than the partial products beside ``out``)."""
     launches = []
     for name, kernel in (("rows", gemm._PRODUCTS), ("tn", gemm._PRODUCTS_TN), ("columns", gemm._PRODUCTS_COLS),
                          ("tn columns", gemm._PRODUCTS_TN_COLS), ("inner", gemm._PRODUCTS_INNER)):
         def counted(*args, _launch=kernel.launch, _name=name):
-            blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0] + (_name == "tn")
+            blocks = args[-1] if isinstance(args[-1], int) else args[-1].shape[0] + (_name in ("tn", "inner"))
             launches.append((_name, blocks))
             return _launch(*args)
         monkeypatch.setattr(kernel, "launch", counted)
