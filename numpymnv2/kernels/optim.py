@@ -81,7 +81,7 @@ class ManyArrays:
 
     def __init__(self):
         self.arrays = None          # the (params, grads, buffers) the lists were built from
-        self.lists = None
+        self.lists = None           # None when two parameters' arrays overlap (see _overlapping)
         self.sizes = None
         self.table = None           # (owner, start, bounds)
 
@@ -89,8 +89,9 @@ class ManyArrays:
         arrays = (params, grads, bufs)
         if self.arrays is None or any(len(new) != len(old) or any(a is not b for a, b in zip(new, old))
                                       for new, old in zip(arrays, self.arrays)):
-            self.lists = tuple(List([a.reshape(-1) for a in group]) for group in arrays)
             self.arrays = tuple(list(group) for group in arrays)
+            self.lists = None if _overlapping(*arrays) else tuple(List([a.reshape(-1) for a in group])
+                                                                  for group in arrays)
         return self.lists
 
     def table_for(self, sizes: tuple, threads: int):
@@ -105,6 +106,28 @@ class ManyArrays:
             bounds = np.concatenate([[0], cuts, [len(blocks)]]).astype(np.int64)
             self.sizes, self.table = (sizes, threads), (owner, start, bounds)
         return self.table
+
+
+def _overlapping(params, grads, bufs) -> bool:
+    """Whether the memory that one parameter's update writes (its value and momentum buffer) overlaps any array
+    of another parameter (tied weights: two Parameters sharing one array). One launch would then update both at
+    once, where one update after the other is the contract."""
+    spans = []
+    for role, group in enumerate((params, bufs, grads)):
+        if role == 1 and group is params:
+            continue
+        for i, a in enumerate(group):
+            if a.size:
+                start = a.__array_interface__["data"][0]
+                spans.append((start, start + a.nbytes, i, role < 2))
+    spans.sort()
+    active = []                 # (end, parameter, written) of the spans that reach past the current start
+    for start, end, i, written in spans:
+        active = [s for s in active if s[0] > start]
+        if any(j != i and (written or w) for _, j, w in active):
+            return True
+        active.append((end, i, written))
+    return False
 
 
 def sgd_update_many(params: list, grads: list, momentum_buffers: list | None, first_step: list, *, lr: float,
@@ -122,6 +145,11 @@ def sgd_update_many(params: list, grads: list, momentum_buffers: list | None, fi
         return
     bufs = momentum_buffers if momentum != 0 else params
     lists = keep.lists_for(params, grads, bufs)
+    if lists is None:           # tied arrays: one parameter after the other, as the contract says
+        for p, g, b, first in zip(params, grads, bufs, first_step):
+            sgd_update(p, g, b if momentum != 0 else None, lr=lr, momentum=momentum, dampening=dampening,
+                       nesterov=nesterov, weight_decay=weight_decay, first_step=first)
+        return
     owner, start, bounds = keep.table_for(sizes, num_chunks(work // BLOCK + 1, work))
     hyper = np.array([lr, momentum, 1.0 - dampening, weight_decay], dtype=params[0].dtype)
     _sgd_many.launch(work, hyper, *lists, np.array(first_step, dtype=np.uint8), owner, start, bounds,

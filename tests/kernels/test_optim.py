@@ -122,3 +122,36 @@ def test_sgd_optimizer_groups_with_their_own_hyperparameters_and_dtypes():
     for fast, ref in zip(*results):
         assert fast.dtype == ref.dtype
         np.testing.assert_array_equal(fast, ref)
+
+
+def test_tied_parameters_are_updated_one_after_the_other_on_both_backends():
+    """Two Parameters sharing one array (tied weights): the NumPy update runs them in turn, the second seeing the
+    first's result; one launch over both would update the array twice at once, so the fast path must notice."""
+    results = []
+    for backend in ("fast", "reference"):
+        shared = np.linspace(-1, 1, 3 * K.BLOCK, dtype=np.float32)
+        a, b = mn.nn.Parameter(shared), mn.nn.Parameter(np.zeros(3, np.float32))
+        b.data = a.data                                   # tied
+        c = mn.nn.Parameter(np.ones(5, np.float32))
+        opt = SGD([a, b, c], lr=0.1, momentum=0.9, weight_decay=0.01)
+        with mn.use_backend(backend), kernel_copy("parallel"):
+            for step in range(3):
+                a.grad = np.full(a.shape, 0.5 + step, np.float32)
+                b.grad = np.full(b.shape, -1.5, np.float32)
+                c.grad[...] = 2.0
+                opt.step()
+        results.append((a.data.copy(), c.data.copy()))
+    for fast, ref in zip(*results):
+        np.testing.assert_array_equal(fast, ref)
+
+
+def test_overlap_check_of_the_many_array_update():
+    flat = np.zeros(20, np.float32)
+    p1, p2 = flat[:10], flat[10:]                          # adjacent views: no overlap
+    g1, g2 = np.ones(10, np.float32), np.ones(10, np.float32)
+    assert not K._overlapping([p1, p2], [g1, g2], [np.zeros(10, np.float32), np.zeros(10, np.float32)])
+    assert K._overlapping([flat[:10], flat[9:19]], [g1, g2], [g1.copy(), g2.copy()])
+    assert K._overlapping([p1, p2], [g1, p1], [g1.copy(), g2.copy()])            # a gradient is another's value
+    assert K._overlapping([p1, p2], [g1, g2], [p2, np.zeros(10, np.float32)])    # a buffer is another's value
+    assert not K._overlapping([p1, p2], [p1, g2], [g1.copy(), g2.copy()])        # its own value as its gradient
+    assert not K._overlapping([p1, p2], [g1, g1], [p1.copy(), p2.copy()])        # one gradient read twice
