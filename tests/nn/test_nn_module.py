@@ -323,7 +323,7 @@ def test_an_inner_mismatch_is_reported_on_every_call():
 def test_label_follows_the_name():
     layer = PointwiseConv2d(3, 4)
     assert layer.label == "PointwiseConv2d"
-    net = Sequential(Sequential(layer)).set_names("body")
+    Sequential(Sequential(layer)).set_names("body")       # names the layer inside it
     assert layer.label == "PointwiseConv2d(body.0.0)"
     with pytest.raises(ValueError, match=r"^PointwiseConv2d\(body\.0\.0\): expected input with 3 channels"):
         layer(np.zeros((1, 2, 2, 5), np.float32))
