@@ -92,10 +92,10 @@ class Parameter:
 
     def grad_target(self) -> np.ndarray | None:
         """The array a backward pass may write this parameter's gradient into, instead of allocating one: ``grad``
-        itself while :meth:`zero_grad`'s zeros are pending (and it is C-contiguous, of the parameter's dtype),
-        else None (the gradient must be added). Pass what the operation returns to :meth:`accumulate_grad`."""
+        itself while :meth:`zero_grad`'s zeros are pending (and it is C-contiguous, of the parameter's shape and
+        dtype), else None (the gradient must be added). Pass what the operation returns to :meth:`accumulate_grad`."""
         g = self._grad
-        if self._zero_pending and g.flags.c_contiguous and g.dtype == self.data.dtype:
+        if self._zero_pending and g.flags.c_contiguous and g.dtype == self.data.dtype and g.shape == self.data.shape:
             return g
         return None
 

@@ -101,7 +101,7 @@ class SGD(Optimizer):
                  nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                       weight_decay=weight_decay))
-        self._many = {}       # the fast kernel's lists per (param group, dtype), kept between steps (not state)
+        self._many = {}       # the fast kernel's lists per (group, dtype, run), kept between steps (not state)
 
     def _check_group(self, group: dict, where: str) -> None:
         super()._check_group(group, where)
@@ -123,24 +123,32 @@ class SGD(Optimizer):
         bit; the reference backend runs :func:`sgd_update` itself, as does a parameter the kernel does not take.
         """
         use_kernel = get_backend() == "fast"
-        batches = {}          # (group, dtype) -> the arrays the fast kernel updates in one launch
+        batches = {}          # (group, dtype, run) -> the arrays the fast kernel updates in one launch
+        run = 0               # parameters the kernel does not take split the others into runs, kept in order
         for group, p, state, work, created in self._each_param():
             buf = state.get("momentum_buffer")
             first_step = self.step_count == 0 or "momentum_buffer" in created
             if use_kernel and fast.accepts(p.data, p.grad, buf):
-                _, params, grads, bufs, first_steps = batches.setdefault((id(group), p.data.dtype),
+                _, params, grads, bufs, first_steps = batches.setdefault((id(group), p.data.dtype, run),
                                                                          (group, [], [], [], []))
                 params.append(p.data)
                 grads.append(p.grad)
                 bufs.append(buf)
                 first_steps.append(first_step)
                 continue
+            self._update_many(batches)
+            run += 1
             sgd_update(p.data, p.grad, buf, lr=group["lr"], momentum=group["momentum"],
                        dampening=group["dampening"], nesterov=group["nesterov"],
                        weight_decay=group["weight_decay"], first_step=first_step, work=work)
+        self._update_many(batches)
+        self.step_count += 1
+
+    def _update_many(self, batches: dict) -> None:
+        """Run and empty ``batches``: each one launch of the fast kernel, with its lists kept between steps."""
         for key, (group, params, grads, bufs, first_steps) in batches.items():
             keep = self._many.setdefault(key, fast.ManyArrays())
             fast.sgd_update_many(params, grads, bufs, first_steps, lr=group["lr"], momentum=group["momentum"],
                                  dampening=group["dampening"], nesterov=group["nesterov"],
                                  weight_decay=group["weight_decay"], keep=keep)
-        self.step_count += 1
+        batches.clear()

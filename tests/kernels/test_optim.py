@@ -66,8 +66,8 @@ def test_sgd_optimizer_is_bit_identical_on_both_backends(options):
         np.testing.assert_array_equal(fast, ref)
 
 
-@given(sgd_cases(), st.lists(st.integers(0, MAX_SIZE), min_size=1, max_size=6), st.sampled_from([np.float32, np.float64]),
-       st.sampled_from(COPIES), st.integers(0, 2**32 - 1))
+@given(sgd_cases(), st.lists(st.integers(0, MAX_SIZE), min_size=1, max_size=6),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from(COPIES), st.integers(0, 2**32 - 1))
 def test_sgd_kernel_over_many_arrays_equals_the_numpy_update_of_each(options, sizes, dtype, copy, seed):
     """One launch over arrays of any sizes (empty ones, several blocks, remainders), each with its own first-step
     flag: each array as if updated alone."""
@@ -124,14 +124,16 @@ def test_sgd_optimizer_groups_with_their_own_hyperparameters_and_dtypes():
         np.testing.assert_array_equal(fast, ref)
 
 
-def test_tied_parameters_are_updated_one_after_the_other_on_both_backends():
+@pytest.mark.parametrize("tie", ["same array", "transposed view"])
+def test_tied_parameters_are_updated_one_after_the_other_on_both_backends(tie):
     """Two Parameters sharing one array (tied weights): the NumPy update runs them in turn, the second seeing the
-    first's result; one launch over both would update the array twice at once, so the fast path must notice."""
+    first's result; one launch over both would update the array twice at once, so the fast path must notice.
+    A transposed view is not C-contiguous, so the NumPy update takes it: still after the first."""
     results = []
     for backend in ("fast", "reference"):
-        shared = np.linspace(-1, 1, 3 * K.BLOCK, dtype=np.float32)
+        shared = np.linspace(-1, 1, 3 * K.BLOCK, dtype=np.float32).reshape(3, K.BLOCK)
         a, b = mn.nn.Parameter(shared), mn.nn.Parameter(np.zeros(3, np.float32))
-        b.data = a.data                                   # tied
+        b.data = a.data if tie == "same array" else a.data.T
         c = mn.nn.Parameter(np.ones(5, np.float32))
         opt = SGD([a, b, c], lr=0.1, momentum=0.9, weight_decay=0.01)
         with mn.use_backend(backend), kernel_copy("parallel"):

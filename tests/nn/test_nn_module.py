@@ -270,6 +270,15 @@ def test_no_target_for_a_grad_the_kernels_cannot_write(grad):
     assert np.all(p.grad == 2)
 
 
+def test_no_target_for_a_grad_of_another_shape():
+    p = Parameter(np.ones((2, 3)))
+    p.grad = np.zeros((3, 2))                               # a user's mistake: the backward must say so
+    p.zero_grad()
+    assert p.grad_target() is None
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(3, 2\), got \(2, 3\)"):
+        p.accumulate_grad(np.ones((2, 3)))
+
+
 def test_a_gradient_of_another_shape_is_an_error_not_a_broadcast():
     p = Parameter(np.ones((2, 3)))
     for pending in (False, True):
