@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import tokenize
 import zipfile
 import zlib
 from typing import Callable
@@ -136,7 +137,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
     except UntrustedFileError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError,
-            RuntimeError) as exc:       # RuntimeError: an encrypted member
+            RuntimeError, SyntaxError, tokenize.TokenError) as exc:
+        # RuntimeError: an encrypted member; SyntaxError, TokenError: a damaged .npy header, which NumPy parses
+        # as a Python literal
         raise UntrustedFileError(f"{where}: cannot be read ({_reason(exc)})") from None
     if fortran:
         return flat.reshape(shape[::-1]).transpose()

@@ -231,3 +231,23 @@ def test_pth_damaged(pth_bytes, data):
         assert "m.pth" in error
     else:
         assert all(isinstance(v, np.ndarray) for v in state.values())
+
+
+@pytest.mark.parametrize("cut", [b"}", b")"])
+def test_npy_header_that_is_not_a_python_literal_is_a_clear_error(tmp_path, cut):
+    """NumPy parses a .npy header as a Python literal: an unterminated dict or tuple raised tokenize.TokenError
+    out of the reader (found by the damaged-checkpoint test above). The member is written with a valid CRC, so
+    that it is the header that fails."""
+    import io
+    import zipfile
+    from numpymnv2._untrusted import UntrustedFileError, load_npz
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(3.0))
+    npy = buffer.getvalue()
+    end = npy.index(b"}")
+    npy = npy[:end + 1].replace(cut, b" ") + npy[end + 1:]
+    path = tmp_path / "w.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.npy", npy)
+    with pytest.raises(UntrustedFileError, match=r"w\.npz.*cannot be read"):
+        load_npz(path, str(path))
