@@ -82,7 +82,7 @@ class ManyArrays:
     def __init__(self):
         self.arrays = None          # the (params, grads, buffers) the lists were built from
         self.lists = None           # None when two parameters' arrays overlap (see _overlapping)
-        self.sizes = None
+        self.table_key = None       # the (sizes, threads) the table was built for
         self.table = None           # (owner, start, bounds)
 
     def lists_for(self, params, grads, bufs):
@@ -97,14 +97,14 @@ class ManyArrays:
     def table_for(self, sizes: tuple, threads: int):
         """``(owner, start, bounds)``: the parameter and first element of every block, and each of ``threads``
         threads' run of blocks, with about the same number of elements each."""
-        if (sizes, threads) != self.sizes:
+        if (sizes, threads) != self.table_key:
             blocks = [(i, lo) for i, n in enumerate(sizes) for lo in range(0, n, BLOCK)]
             owner = np.array([i for i, _ in blocks], dtype=np.int64)
             start = np.array([lo for _, lo in blocks], dtype=np.int64)
             ends = np.cumsum([min(BLOCK, sizes[i] - lo) for i, lo in blocks], dtype=np.int64)
             cuts = np.searchsorted(ends, [ends[-1] * t // threads for t in range(1, threads)], side="right")
             bounds = np.concatenate([[0], cuts, [len(blocks)]]).astype(np.int64)
-            self.sizes, self.table = (sizes, threads), (owner, start, bounds)
+            self.table_key, self.table = (sizes, threads), (owner, start, bounds)
         return self.table
 
 

@@ -129,8 +129,10 @@ class SGD(Optimizer):
             buf = state.get("momentum_buffer")
             first_step = self.step_count == 0 or "momentum_buffer" in created
             if use_kernel and fast.accepts(p.data, p.grad, buf):
-                _, params, grads, bufs, first_steps = batches.setdefault((id(group), p.data.dtype, run),
-                                                                         (group, [], [], [], []))
+                key = (id(group), p.data.dtype, run)
+                if key not in batches:
+                    batches[key] = (group, [], [], [], [])
+                _, params, grads, bufs, first_steps = batches[key]
                 params.append(p.data)
                 grads.append(p.grad)
                 bufs.append(buf)
